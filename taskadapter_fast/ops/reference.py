@@ -36,7 +36,8 @@ def short_attention_ref(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.T
     q, k, v = (t.transpose(1, 2) for t in x.unbind(2))  # each [B, H, L, hd]
     if seq_len <= _EXPLICIT_MAX_LEN:
         attn = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, L, L]
-        attn = attn.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        softmax_dtype = torch.float32 if attn.dtype in (torch.float16, torch.bfloat16) else attn.dtype
+        attn = attn.softmax(dim=-1, dtype=softmax_dtype).to(v.dtype)
         out = torch.matmul(attn, v)
     else:
         out = F.scaled_dot_product_attention(q, k, v)

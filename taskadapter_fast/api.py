@@ -1,0 +1,67 @@
+"""The public entry points: create_model, save/load adapters, load_corpus."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .checkpoint import (
+    checkpoint_config,
+    is_official_checkpoint,
+    load_adapters,
+    load_official_state,
+    read_official_checkpoint,
+)
+from .config import ModelConfig, resolve_model_config
+
+
+def create_model(
+    preset_or_config: str | dict | ModelConfig | None = None,
+    pretrained: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: Any = None,
+    **overrides: Any,
+):
+    """Build a Task-Adapter++ model.
+
+    preset_or_config: a preset name (`ssv2_small`, `ssv2_full`, `kinetics`, `hmdb51`, `ucf101`, `tiny`), a dict
+        of ModelConfig fields, or a ModelConfig. May be None when `checkpoint` is one of our adapter
+        checkpoints: its stored config is used.
+    pretrained: open_clip tag ("openai"), a local CLIP checkpoint file, or None (keeps the config's value).
+    checkpoint: our adapter checkpoint (.safetensors) or an official-implementation checkpoint (torch file
+        with {'epoch', 'state'}; it holds the CLIP weights too, so no `pretrained` download happens).
+    overrides: ModelConfig fields, e.g. impl="triton", adapter_layers=4.
+    """
+    from .model.task_adapter import TaskAdapterPP
+
+    official_state = None
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if checkpoint is not None and is_official_checkpoint(checkpoint):
+        official_state = read_official_checkpoint(checkpoint)
+        if preset_or_config is None:
+            raise ValueError(f"{checkpoint} is an official checkpoint, which stores no config: pass a preset too")
+        overrides.setdefault("pretrained", None)  # the official file carries the CLIP weights
+        overrides.setdefault("quick_gelu", True)  # official runs use OpenAI CLIP (QuickGELU)
+    elif preset_or_config is None:
+        if checkpoint is None:
+            raise ValueError("create_model needs a preset, a config or a checkpoint")
+        preset_or_config = checkpoint_config(checkpoint)
+    if pretrained is not None:
+        overrides["pretrained"] = pretrained
+    config = resolve_model_config(preset_or_config, **overrides)
+    model = TaskAdapterPP(config)
+    if official_state is not None:
+        model.load_report = load_official_state(model, official_state, source=str(checkpoint))
+    elif checkpoint is not None:
+        load_adapters(model, checkpoint)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_corpus(path: str | os.PathLike) -> dict[str, list[str]]:
+    """{class name: [stage1, stage2, stage3]} from the official YAML corpus format or JSON."""
+    from .data.corpus import load_corpus as _load
+
+    return _load(path)

@@ -1,0 +1,201 @@
+"""Adapter-only checkpoints (safetensors) and loading of official-implementation checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "taskadapter_fast.adapters"
+FORMAT_VERSION = "1"
+
+_VISUAL_ADAPTER_NAMES = {
+    "t_adapter": "t_adapter",
+    "s_adapter": "s_adapter",
+    "task_adapter": "task_adapter",
+    "mlp_adapter": "MLP_adapter",
+}
+_OFFICIAL_TO_OURS_ADAPTER = {v: k for k, v in _VISUAL_ADAPTER_NAMES.items()}
+_TEXT_TOP = ("token_embedding.", "positional_embedding", "ln_final.", "text_projection", "logit_scale", "transformer.")
+
+
+# --------------------------------------------------------------------------------------------- ours
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor of the model (adapters, temporal embedding, alignment/metric parameters)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapters(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the trainable tensors and the resolved config to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.contiguous().cpu().clone() for name, t in adapter_state(model).items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    metadata.update(extra_metadata or {})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapter_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata) of one of our adapter checkpoints; errors name the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors adapter checkpoint: {exc}") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not a {FORMAT} checkpoint (metadata: {metadata})")
+    return tensors, metadata
+
+
+def checkpoint_config(path: str | os.PathLike) -> ModelConfig:
+    _, metadata = read_adapter_checkpoint(path)
+    return ModelConfig.from_dict(json.loads(metadata["config"]), source=f"checkpoint {path}")
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load one of our adapter checkpoints into a model built with a compatible config (strict)."""
+    tensors, _ = read_adapter_checkpoint(path)
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not fit this model: missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target = params[name]
+            if target.shape != tensor.shape:
+                raise ValueError(
+                    f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+
+
+# --------------------------------------------------------------------------------------------- official
+@dataclass
+class LoadReport:
+    """What loading an official checkpoint did: keys it did not use, expected keys it did not find."""
+
+    loaded: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def ours_to_official(name: str) -> str | None:
+    """Our state-dict key -> the official implementation's key, or None if it has no counterpart."""
+    if name == "visual.temporal_embedding":
+        return "feature.temporal_embedding"
+    m = re.fullmatch(r"visual\.adapters\.(\d+)\.(\w+)\.fc([12])\.(weight|bias)", name)
+    if m:
+        return f"feature.transformer.resblocks.{m[1]}.{_VISUAL_ADAPTER_NAMES[m[2]]}.D_fc{m[3]}.{m[4]}"
+    m = re.fullmatch(r"text\.adapters\.(\d+)\.fc([12])\.(weight|bias)", name)
+    if m:
+        return f"text.transformer.resblocks.{m[1]}.sub3_adapter.D_fc{m[2]}.{m[3]}"
+    if name.startswith("clip.visual."):
+        return "feature." + name[len("clip.visual.") :]
+    if name.startswith("clip.") and name[len("clip.") :].startswith(_TEXT_TOP):
+        return "text." + name[len("clip.") :]
+    if name in ("alignment.ln_1.weight", "alignment.ln_1.bias"):
+        return "ca." + name[len("alignment.") :]
+    return None
+
+
+def _normalise_official_key(key: str) -> str:
+    # DataParallel inserts "module." after the top-level attribute ("feature.module.conv1.weight").
+    parts = key.split(".")
+    return ".".join(p for i, p in enumerate(parts) if not (p == "module" and i <= 1))
+
+
+def is_official_checkpoint(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head.startswith(b"PK") or head[:2] == b"\x80\x02"  # torch zip or legacy pickle
+
+
+def read_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
+    if not isinstance(data, dict) or "state" not in data:
+        keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(
+            f"{path} is not an official Task-Adapter++ checkpoint: expected {{'epoch', 'state'}}, found {keys}"
+        )
+    return {_normalise_official_key(k): v for k, v in data["state"].items()}
+
+
+def load_official_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state") -> LoadReport:
+    """Import an official-layout state dict: CLIP weights, adapters, temporal embedding, alignment LN."""
+    report = LoadReport()
+    targets = model.state_dict(keep_vars=True)
+    official_to_ours = {}
+    for name in targets:
+        official = ours_to_official(name)
+        if official is not None:
+            official_to_ours[official] = name
+    with torch.no_grad():
+        for key, value in state.items():
+            ours = official_to_ours.get(key)
+            if ours is None:
+                report.unused.append(key)
+                continue
+            target = targets[ours]
+            if value.numel() != target.numel():
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, this model's {ours} has "
+                    f"{tuple(target.shape)} (is the preset right? adapter_layers / text_adapter_layers)"
+                )
+            target.copy_(value.reshape(target.shape).to(target.dtype))
+            report.loaded.append(key)
+    report.missing = sorted(set(official_to_ours) - set(report.loaded))
+    if report.unused:
+        log.warning("%s: %d key(s) not used: %s", source, len(report.unused), report.unused)
+    if report.missing:
+        log.warning(
+            "%s: %d expected key(s) not found (they keep their initial values): %s",
+            source,
+            len(report.missing),
+            report.missing,
+        )
+    return report
+
+
+def save_official_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our model's state in the official layout (for parity runs with the official code)."""
+    return {ours_to_official(k): v.detach().clone() for k, v in model.state_dict().items() if ours_to_official(k)}

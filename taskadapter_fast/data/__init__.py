@@ -16,7 +16,11 @@ _EXPORTS = {
     "save_corpus": "corpus",
     "resolve_subactions": "corpus",
     "read_split": "splits",
+    "prepare": "splits",
     "load_clip": "decode",
+    "load_clips": "decode",
+    "VideoDecodeError": "decode",
+    "SkipCounter": "decode",
     "make_synthetic_dataset": "synthetic",
 }
 

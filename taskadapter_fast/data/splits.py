@@ -1,0 +1,527 @@
+"""Few-shot split files → one manifest of videos (path, kind, frame count, class, split, label).
+
+Formats read (`format=`; `"auto"` detects them and every error says which one it assumed):
+- `"official"`: Task-Adapter lists, `<frame folder> <num frames> <label id>` per line.
+- `"trx"`: TRX lists, `<class name>/<video id>` per line (the id is a file stem, e.g. the SSv2 webm
+  name, or a frame folder); OTAM lists in TRX look like `train8/78687` (split, class index, id).
+- `"clipfsar"`: CLIP-FSAR / HyRSM lists, `<split><class index>/<id>` (SSv2) or
+  `<split><class index>//<relative path>` (e.g. `train0//videos/brush_hair/x.avi`).
+- `"folder"`: a directory with a folder per class of video files (`<class>/*.mp4|webm|avi|mkv`) or
+  of JPEG frame folders; the directory's name is the split's name.
+- `"manifest"`: a JSON-lines manifest written by `prepare` (`python -m taskadapter_fast.data prepare`).
+
+Relative paths resolve against `root` (default: the split file's folder). Class names come from
+the split itself (a TRX class name, or the parent folder of every video of a class index/label id)
+or from `class_names` for index-only lists. Label ids are per split, 0..C-1: the classes of one
+split ordered by their index in the file (or by name where the file has none); train and test
+labels never share a numbering.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .decode import VIDEO_EXTENSIONS, VideoDecodeError, count_frame_files, probe_video
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "official", "trx", "clipfsar", "folder", "manifest")
+SPLIT_NAMES = ("train", "val", "test")
+
+_OFFICIAL_HINT = "'<frame folder> <num frames> <label id>'"
+_LINE_HINTS = {
+    "official": _OFFICIAL_HINT,
+    "named": "'<class name>/<video id>'",
+    "indexed": "'<split><class index>/<video id>'",
+    "indexed_path": "'<split><class index>//<relative path>'",
+}
+# The line kinds each format accepts.
+_FORMAT_LINES = {
+    "official": ("official",),
+    "trx": ("named", "indexed"),
+    "clipfsar": ("indexed", "indexed_path"),
+}
+_INDEXED_PATH = re.compile(r"(train|val|test)(\d+)//(.+)")
+_INDEXED = re.compile(r"(train|val|test)(\d+)/([^/]+)")
+_NAMED = re.compile(r"(.+)/([^/]+)")
+
+
+class SplitFormatError(ValueError):
+    """A split file line that does not parse; the message starts with `file:line:`."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One video of a split."""
+
+    path: str  # absolute path of the video file or JPEG frame folder
+    kind: str  # "video" | "frames"
+    num_frames: int | None  # None until probed (`prepare`); official lists carry it
+    class_name: str
+    split: str  # "train" | "val" | "test" or the split file's / folder's name
+    label: int  # per-split class id, 0..C-1
+    source: str = ""  # the split file (or folder) the row came from
+    line: int | None = None  # 1-based line in `source`; None for folder layouts
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _classify(text: str) -> str | None:
+    fields = text.rsplit(None, 2)
+    if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+        return "official"
+    if _INDEXED_PATH.fullmatch(text):
+        return "indexed_path"
+    if _INDEXED.fullmatch(text):
+        return "indexed"
+    if _NAMED.fullmatch(text):
+        return "named"
+    return None
+
+
+def _split_from_name(path: Path) -> str:
+    stem = path.stem.lower()
+    for name in SPLIT_NAMES:
+        if name in stem:
+            return name
+    return path.stem
+
+
+def load_class_names(class_names) -> list[str] | dict[str, list[str]] | None:
+    """`class_names` as given to `read_split`: a list, or a file (one name a line, or JSON: a list,
+    {split: [names]}, or {name: index} as SSv2's labels.json)."""
+    if class_names is None or isinstance(class_names, list | tuple | dict):
+        return class_names if not isinstance(class_names, tuple) else list(class_names)
+    path = Path(class_names)
+    if not path.is_file():
+        raise FileNotFoundError(f"class names file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict) and data and all(isinstance(value, str | int) for value in data.values()):
+            by_index = {int(value): name for name, value in data.items()}
+            return [by_index[index] for index in sorted(by_index)]
+        return data
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _names_for_split(class_names, split: str) -> list[str] | None:
+    if isinstance(class_names, dict):
+        return class_names.get(split)
+    return class_names
+
+
+class _DirIndex:
+    """Cached directory listings, so resolving thousands of rows costs one scandir per folder."""
+
+    def __init__(self) -> None:
+        self._listings: dict[Path, dict[str, bool]] = {}
+
+    def entries(self, folder: Path) -> dict[str, bool]:
+        listing = self._listings.get(folder)
+        if listing is None:
+            try:
+                with os.scandir(folder) as found:
+                    listing = {entry.name: entry.is_dir() for entry in found}
+            except (FileNotFoundError, NotADirectoryError):
+                listing = {}
+            self._listings[folder] = listing
+        return listing
+
+    def kind(self, path: Path) -> str | None:
+        """ "frames" for an existing folder, "video" for an existing file, None when absent."""
+        is_dir = self.entries(path.parent).get(path.name)
+        if is_dir is None:
+            return None
+        return "frames" if is_dir else "video"
+
+
+def _resolve(candidates: list[Path], index: _DirIndex) -> tuple[Path, str]:
+    """The first candidate that exists, else the first one (reported missing by `prepare`)."""
+    for candidate in candidates:
+        kind = index.kind(candidate)
+        if kind is not None:
+            return candidate, kind
+    first = candidates[0]
+    return first, "video" if first.suffix.lower() in VIDEO_EXTENSIONS else "frames"
+
+
+def _id_candidates(folder: Path, video_id: str) -> list[Path]:
+    if Path(video_id).suffix.lower() in VIDEO_EXTENSIONS:
+        return [folder / video_id]
+    return [folder / video_id] + [folder / f"{video_id}{extension}" for extension in VIDEO_EXTENSIONS]
+
+
+def _consistent_parent_names(parents: dict[int, set[str]]) -> dict[int, str] | None:
+    """{class id: parent folder name} when every class has one parent folder and no two share one.
+
+    Needs two classes or more: with one class, a shared folder (`frames/`) would pass for a class name.
+    """
+    if len(parents) < 2 or any(len(names) != 1 for names in parents.values()):
+        return None
+    names = {class_id: next(iter(found)) for class_id, found in parents.items()}
+    return names if len(set(names.values())) == len(names) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parsed:
+    line: int
+    kind: str
+    split: str
+    class_id: int | None  # label id / class index, where the line has one
+    class_name: str | None  # class name, where the line has one
+    candidates: list[Path] = field(default_factory=list)
+    num_frames: int | None = None
+
+
+def _parse_lines(path: Path, format: str, base: Path, class_names, index: _DirIndex) -> tuple[list[_Parsed], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SplitFormatError(f"{path}:1: not a UTF-8 text split file ({error})") from None
+    parsed: list[_Parsed] = []
+    allowed: tuple[str, ...] | None = _FORMAT_LINES.get(format)
+    detected_from: int | None = None
+    file_split = _split_from_name(path)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        kind = _classify(line)
+        if allowed is None:  # auto: the first line decides the format for the whole file
+            if kind is None:
+                raise SplitFormatError(
+                    f"{path}:{number}: cannot detect the split format from {line!r}; expected one of "
+                    "official " + _OFFICIAL_HINT + ", trx '<class name>/<video id>', clipfsar "
+                    "'<split><class index>/<id>' or '<split><class index>//<relative path>'"
+                )
+            allowed = (kind,)
+            format = "official" if kind == "official" else "clipfsar" if kind == "indexed_path" else "trx"
+            detected_from = number
+        if kind not in allowed:
+            how = f"auto-detected from line {detected_from}" if detected_from else "as requested"
+            expected = " or ".join(_LINE_HINTS[name] for name in allowed)
+            raise SplitFormatError(f"{path}:{number}: expected {expected} (format {format!r}, {how}), got {line!r}")
+        parsed.append(_parse_line(line, kind, number, base, file_split, class_names, index, path))
+    if not parsed:
+        raise SplitFormatError(f"{path}:1: the split file lists no videos")
+    return parsed, format
+
+
+def _parse_line(line, kind, number, base, file_split, class_names, index, path) -> _Parsed:
+    if kind == "official":
+        folder, num_frames, label = line.rsplit(None, 2)
+        if int(num_frames) < 1:
+            raise SplitFormatError(f"{path}:{number}: frame count must be >= 1, got {num_frames} in {line!r}")
+        return _Parsed(number, kind, file_split, int(label), None, [base / folder], int(num_frames))
+    if kind == "named":
+        match = _NAMED.fullmatch(line)
+        class_name, video_id = match.group(1).strip(), match.group(2).strip()
+        candidates = _id_candidates(base / class_name, video_id) + _id_candidates(base, video_id)
+        return _Parsed(number, kind, file_split, None, class_name, candidates)
+    match = (_INDEXED_PATH if kind == "indexed_path" else _INDEXED).fullmatch(line)
+    split, class_index, rest = match.group(1), int(match.group(2)), match.group(3).strip()
+    names = _names_for_split(class_names, split)
+    name = None
+    if names is not None:
+        if class_index >= len(names):
+            raise SplitFormatError(
+                f"{path}:{number}: class index {class_index} in {line!r}, but class_names has {len(names)} names"
+            )
+        name = names[class_index]
+    if kind == "indexed_path":
+        candidates = [base / rest]
+    else:
+        candidates = _id_candidates(base, rest) + (_id_candidates(base / name, rest) if name else [])
+    return _Parsed(number, kind, split, class_index, name, candidates)
+
+
+def _rows_from_parsed(parsed: list[_Parsed], path: Path, index: _DirIndex, class_names) -> list[ManifestRow]:
+    resolved = [_resolve(entry.candidates, index) for entry in parsed]
+    by_split: dict[str, list[int]] = {}
+    for position, entry in enumerate(parsed):
+        by_split.setdefault(entry.split, []).append(position)
+    rows: list[ManifestRow | None] = [None] * len(parsed)
+    for split, positions in by_split.items():
+        if parsed[positions[0]].class_id is None:  # named classes: labels in name order
+            names = sorted({parsed[p].class_name for p in positions})
+            label_of = {name: label for label, name in enumerate(names)}
+            for p in positions:
+                rows[p] = _row(parsed[p], resolved[p], parsed[p].class_name, label_of[parsed[p].class_name], path)
+            continue
+        class_ids = sorted({parsed[p].class_id for p in positions})
+        label_of_id = {class_id: label for label, class_id in enumerate(class_ids)}
+        names = _names_for_split(class_names, split)
+        parents: dict[int, set[str]] = {}
+        for p in positions:
+            parents.setdefault(parsed[p].class_id, set()).add(resolved[p][0].parent.name)
+        # SSv2 index lists name flat files (`<id>.webm`): their folders say nothing about the class.
+        from_folders = None if parsed[positions[0]].kind == "indexed" else _consistent_parent_names(parents)
+        if names is None and from_folders is None:
+            logger.warning(
+                "%s: no class names given and the video folders do not name the classes; using %s",
+                path,
+                "label ids" if parsed[positions[0]].kind == "official" else f"'{split}<index>'",
+            )
+        for p in positions:
+            class_id = parsed[p].class_id
+            if names is not None:
+                if class_id >= len(names):
+                    raise SplitFormatError(
+                        f"{path}:{parsed[p].line}: class id {class_id}, but class_names has {len(names)} names"
+                    )
+                name = names[class_id]
+            elif from_folders is not None:
+                name = from_folders[class_id]
+            else:
+                name = str(class_id) if parsed[p].kind == "official" else f"{split}{class_id}"
+            rows[p] = _row(parsed[p], resolved[p], name, label_of_id[class_id], path)
+    return rows
+
+
+def _row(entry: _Parsed, resolved: tuple[Path, str], class_name: str, label: int, source: Path) -> ManifestRow:
+    video_path, kind = resolved
+    return ManifestRow(
+        path=str(video_path),
+        kind=kind,
+        num_frames=entry.num_frames,
+        class_name=class_name,
+        split=entry.split,
+        label=label,
+        source=str(source),
+        line=entry.line,
+    )
+
+
+def _read_folder(folder: Path) -> list[ManifestRow]:
+    folder = folder.absolute()
+    split = folder.resolve().name
+    index = _DirIndex()
+    classes = sorted(name for name, is_dir in index.entries(folder).items() if is_dir and not name.startswith("."))
+    rows = []
+    for label, class_name in enumerate(classes):
+        class_dir = folder / class_name
+        for name, is_dir in sorted(index.entries(class_dir).items()):
+            item = class_dir / name
+            if not is_dir and item.suffix.lower() in VIDEO_EXTENSIONS:
+                kind = "video"
+            elif is_dir and any(entry.startswith("img_") for entry in index.entries(item)):
+                kind = "frames"
+            else:
+                continue
+            rows.append(ManifestRow(str(item), kind, None, class_name, split, label, str(folder), None))
+    if not rows:
+        raise SplitFormatError(
+            f"{folder}: no videos found (format 'folder' expects <class>/<video>{'|'.join(VIDEO_EXTENSIONS)} "
+            "or <class>/<frame folder>/img_00001.jpg)"
+        )
+    return rows
+
+
+def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[ManifestRow]:
+    """Rows of a JSON-lines manifest (as `write_manifest` writes them)."""
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    rows = []
+    names = {item.name for item in fields(ManifestRow)}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+            missing = {"path", "kind", "class_name", "split", "label"} - set(data)
+            if missing:
+                raise ValueError(f"missing keys {sorted(missing)}")
+            row = ManifestRow(**{key: value for key, value in data.items() if key in names})
+        except (ValueError, TypeError) as error:
+            raise SplitFormatError(f"{path}:{number}: not a manifest row (format 'manifest'): {error}") from None
+        if not Path(row.path).is_absolute():
+            row = replace(row, path=str(base / row.path))
+        rows.append(row)
+    return rows
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:
+    """Write rows as JSON lines, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temporary.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format `read_split(path, format="auto")` would use."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() == ".jsonl":
+        return "manifest"
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("{"):
+                return "manifest"
+            kind = _classify(line)
+            if kind is None:
+                raise SplitFormatError(f"{path}:{number}: cannot detect the split format from {line!r}")
+            return "official" if kind == "official" else "clipfsar" if kind == "indexed_path" else "trx"
+    raise SplitFormatError(f"{path}:1: the split file lists no videos")
+
+
+def read_split(
+    path: str | os.PathLike,
+    format: str = "auto",
+    root: str | os.PathLike | None = None,
+    class_names: Sequence[str] | str | os.PathLike | dict | None = None,
+) -> list[ManifestRow]:
+    """Read a split file (or a folder-per-class directory, or a manifest) → manifest rows.
+
+    `root`: where relative video paths start (default: the split file's folder).
+    `class_names`: names for index-only lists (a list, a names file, or JSON; see `load_class_names`).
+    Rows whose video is not on disk are still returned (`prepare` reports them all).
+    Raises `SplitFormatError` (a ValueError) naming `file:line` and the format assumed.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"split file not found: {path}")
+    if format == "auto":
+        detected = detect_format(path)
+        if detected in ("folder", "manifest"):
+            format = detected
+    if format == "folder":
+        if not path.is_dir():
+            raise SplitFormatError(f"{path}: format 'folder' needs a directory with a folder per class")
+        return _read_folder(path)
+    if path.is_dir():
+        raise SplitFormatError(f"{path}: is a directory; format {format!r} needs a split file")
+    if format == "manifest":
+        return read_manifest(path, root)
+    names = load_class_names(class_names)
+    base = Path(root) if root is not None else path.parent
+    index = _DirIndex()
+    parsed, _ = _parse_lines(path, format, base.absolute(), names, index)
+    return _rows_from_parsed(parsed, path, index, names)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare: probe once, report every problem, write the manifest
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare` wrote and what it could not read."""
+
+    out: Path
+    rows: list[ManifestRow]  # written, with probed frame counts
+    missing: list[tuple[ManifestRow, str]]  # (row, why) for videos not on disk
+    unreadable: list[tuple[ManifestRow, str]]  # (row, why) for videos that exist but do not decode
+    count_mismatches: int = 0  # official-list frame counts that differ from the folder (probed value kept)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unreadable
+
+    def format(self) -> str:
+        total = len(self.rows) + len(self.missing) + len(self.unreadable)
+        lines = [
+            f"prepare: {total} videos listed, {len(self.rows)} written to {self.out}; "
+            f"{len(self.missing)} missing, {len(self.unreadable)} unreadable"
+        ]
+        if self.count_mismatches:
+            lines.append(
+                f"  {self.count_mismatches} frame counts differ from the split file (the probed count is kept)"
+            )
+        for title, problems in (("missing", self.missing), ("unreadable", self.unreadable)):
+            if problems:
+                lines.append(f"{title} ({len(problems)}):")
+                for row, why in problems:
+                    where = f"{row.source}:{row.line}" if row.line is not None else row.source
+                    lines.append(f"  {row.path}  [{where}]  {why}")
+        return "\n".join(lines)
+
+
+def probe_row(row: ManifestRow) -> tuple[ManifestRow, str | None, str | None]:
+    """→ (row with its probed frame count, problem kind "missing"/"unreadable" or None, reason)."""
+    try:
+        if row.kind == "frames":
+            num_frames = count_frame_files(row.path)
+            if num_frames == 0:
+                return row, "unreadable", "frame folder holds no img_*.jpg frames"
+        else:
+            info = probe_video(row.path, check_decode=True)
+            if info.truncated:
+                return (
+                    row,
+                    "unreadable",
+                    (f"truncated: {info.num_frames} frames present, the header promises {info.expected_frames}"),
+                )
+            num_frames = info.num_frames
+    except FileNotFoundError as error:  # MissingVideoError included
+        return row, "missing", getattr(error, "reason", str(error))
+    except VideoDecodeError as error:
+        return row, "unreadable", error.reason
+    return replace(row, num_frames=num_frames), None, None
+
+
+def prepare(
+    split_files: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    format: str = "auto",
+    class_names=None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PrepareReport:
+    """Read split files, probe every video's frame count once, write the readable ones to `out`.
+
+    Missing and unreadable videos do not stop the run: they are all collected in the report.
+    """
+    from tqdm.auto import tqdm
+
+    rows = [row for split_file in split_files for row in read_split(split_file, format, root, class_names)]
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    good: list[ManifestRow] = []
+    missing: list[tuple[ManifestRow, str]] = []
+    unreadable: list[tuple[ManifestRow, str]] = []
+    mismatches = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(probe_row, rows)
+        for original, (row, problem, why) in zip(
+            rows,
+            tqdm(results, total=len(rows), desc="probing videos", disable=not progress, file=sys.stderr),
+            strict=True,
+        ):
+            if problem == "missing":
+                missing.append((row, why))
+            elif problem == "unreadable":
+                unreadable.append((row, why))
+            else:
+                mismatches += original.num_frames is not None and original.num_frames != row.num_frames
+                good.append(row)
+    written = write_manifest(good, out)
+    return PrepareReport(written, good, missing, unreadable, mismatches)

@@ -25,7 +25,10 @@ def adapted_block_forward(
     ln1 = block.ln_1
     if adapters.t_adapter is not None:  # temporal: sequence = the T frames
         x = adapters.t_adapter(_msa(block, ln1(x), axis=1, impl=impl), base=x, impl=impl)
-    spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=impl))  # spatial: sequence = the N tokens
+    # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes, so a
+    # model running impl="triton" lets the dispatcher pick the spatial implementation itself.
+    spatial_impl = "reference" if impl == "reference" else "auto"
+    spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
     x = adapters.s_adapter(spatial, base=x, impl=impl) if adapters.s_adapter is not None else x + spatial
     if adapters.task_adapter is not None:  # Task-MSA: sequence = the V videos of the set
         x = adapters.task_adapter(_msa(block, ln1(x), axis=0, impl=impl), base=x, impl=impl)

@@ -1,0 +1,52 @@
+"""Helpers shared by the kernels: dtype constexprs, the fp32-accumulating dot, rounding casts.
+
+Two workarounds keep Triton's CPU interpreter (TRITON_INTERPRET=1, used by CI; triton 3.8 and
+earlier) numerically faithful to the compiled kernels, so the interpreter tests check the same
+roundings a GPU does:
+- the interpreter multiplies bf16 dot operands as their raw uint16 bits, so there bf16 operands,
+  already rounded to bf16, are widened to fp32 (exactly) before each dot (DOT_DTYPE);
+- the interpreter truncates fp32 -> bf16 casts where a GPU rounds to nearest even, so there the
+  round-to-nearest-even is done by hand on the bits before the cast (RTNE_BF16).
+Compiled kernels get DOT_DTYPE = the compute dtype and RTNE_BF16 = False: both are no-ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def dot(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b in fp32, for operands already rounded to the compute dtype; fp32 stays IEEE (no TF32)."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision="ieee")
+
+
+@triton.jit
+def cast(x, DTYPE: tl.constexpr, RTNE_BF16: tl.constexpr):
+    """x.to(DTYPE), rounding to nearest even also under the interpreter."""
+    if RTNE_BF16 and DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        x = (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+def is_interpreted(kernel) -> bool:
+    """True when `kernel` was built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return isinstance(kernel, InterpretedFunction)
+
+
+def dtype_constexprs(compute_dtype: torch.dtype, interpreted: bool) -> dict:
+    """COMPUTE_DTYPE, DOT_DTYPE and RTNE_BF16 for a launch (see the module docstring)."""
+    widen = interpreted and compute_dtype == torch.bfloat16
+    return {
+        "COMPUTE_DTYPE": TL_DTYPES[compute_dtype],
+        "DOT_DTYPE": tl.float32 if widen else TL_DTYPES[compute_dtype],
+        "RTNE_BF16": interpreted,
+    }

@@ -1,0 +1,266 @@
+"""Implementation registry and selection for the functional ops (DESIGN.md, "Reference and fast paths").
+
+Every implementation declares what it supports (devices, dtypes, shape limits, the tolerance floor
+of its parity check) and answers `not_supported_reasons(...)` for concrete inputs. Selection:
+
+- `impl="auto"` takes the first implementation, in declared order, whose `auto_devices` include
+  the input's device type and that has no reasons, silently. Triton comes first and is
+  auto-eligible on CUDA only: on CPU, auto always picks the reference, even when TRITON_INTERPRET=1
+  makes the kernels runnable there, because the interpreter is a correctness tool (about 250x
+  slower than the eager reference for a [2, 8, 197, 192] short_attention forward, 2-core CPU).
+  The reference runs on every device, so auto always finds an implementation that can run.
+- An explicit `impl="triton"` or `impl="reference"` runs that implementation or raises ValueError
+  listing every reason it cannot (on CPU, "triton" runs through the interpreter when
+  TRITON_INTERPRET=1 was set before the kernels were imported).
+- The environment variable TAF_IMPL (auto | reference | triton) replaces `impl="auto"`, the default
+  everywhere, so it switches a whole model or program at once; an explicit `impl` argument in the
+  code wins over it. A forced implementation that cannot run raises as an explicit one does.
+
+The kernels are imported with this module when triton is installed (about 0.1 s; nothing is
+compiled until a kernel first runs), so that code traced by torch.compile never has to import them.
+To run them on CPU through the interpreter, set TRITON_INTERPRET=1 before this package is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .reference import fused_adapter_ref, short_attention_ref
+
+try:
+    from taskadapter_fast.kernels import fused_adapter as fused_adapter_kernels
+    from taskadapter_fast.kernels import short_attention as short_attention_kernels
+
+    TRITON_UNAVAILABLE = None
+except ImportError as error:  # no triton on this platform
+    fused_adapter_kernels = short_attention_kernels = None
+    TRITON_UNAVAILABLE = f"triton cannot be imported ({error})"
+
+IMPLS = ("auto", "reference", "triton")
+ENV_IMPL = "TAF_IMPL"
+LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+ANY_DEVICE = "*"
+TRITON_DEVICES = ("cuda", "cpu")  # cpu only through the interpreter
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One implementation of one op and what it supports."""
+
+    name: str
+    devices: tuple[str, ...]  # device types it can run on at all (ANY_DEVICE: every one)
+    auto_devices: tuple[str, ...]  # device types on which impl="auto" may choose it
+    dtypes: tuple[torch.dtype, ...]
+    limits: dict[str, int]  # shape limits, by name
+    # absolute floor added to the 2x rule when checking against the fp32 reference (DESIGN.md, tests)
+    atol_floor: dict[torch.dtype, float]
+    run: Callable[..., torch.Tensor]
+    reasons: Callable[..., list[str]] = field(default=lambda *args, **kwargs: [])
+
+    def not_supported_reasons(self, *args, **kwargs) -> list[str]:
+        """Why this implementation cannot run these inputs (the op's own arguments); empty if it can."""
+        return self.reasons(*args, **kwargs)
+
+    def auto_eligible(self, device: torch.device) -> bool:
+        return ANY_DEVICE in self.auto_devices or device.type in self.auto_devices
+
+
+def requested_impl(impl: str) -> str:
+    """The implementation asked for: `impl`, with "auto" replaced by TAF_IMPL when that is set."""
+    if impl == "auto":
+        impl = os.environ.get(ENV_IMPL, "auto") or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"environment variable {ENV_IMPL} must be one of {IMPLS}, got {impl!r}")
+    elif impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def select(op: str, impls: tuple[Implementation, ...], impl: str, device: torch.device, *args, **kwargs):
+    """The implementation of `op` to run on these inputs (see the module docstring for the rules)."""
+    wanted = requested_impl(impl)
+    if wanted == "auto":
+        for candidate in impls:
+            if candidate.auto_eligible(device) and not candidate.not_supported_reasons(*args, **kwargs):
+                return candidate
+        raise AssertionError(f"{op}: no implementation can run; the reference should always be able to")
+    chosen = next(candidate for candidate in impls if candidate.name == wanted)
+    reasons = chosen.not_supported_reasons(*args, **kwargs)
+    if reasons:
+        forced = f" (forced by {ENV_IMPL})" if impl == "auto" else ""
+        raise ValueError(f"{op}: impl={wanted!r}{forced} cannot run on these inputs: " + "; ".join(reasons))
+    return chosen
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the reference's matmuls run in: the autocast dtype inside autocast, else t's own."""
+    if t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
+def _triton_device_reasons(device: torch.device, dtypes: list[torch.dtype], interpreted: Callable[[], bool]):
+    if TRITON_UNAVAILABLE:
+        return [TRITON_UNAVAILABLE]
+    reasons = []
+    if device.type == "cuda":
+        # get_device_properties, unlike get_device_capability, is constant-folded by torch.compile
+        properties = torch.cuda.get_device_properties(device)
+        capability = (properties.major, properties.minor)
+        if torch.bfloat16 in dtypes and torch.version.hip is None and capability < (8, 0):
+            reasons.append(f"bfloat16 needs compute capability 8.0 or newer, the device has {capability}")
+    elif device.type == "cpu":  # the interpreter only; never chosen by auto (see auto_devices)
+        if not interpreted():
+            reasons.append(
+                "tensors are on the CPU and the Triton kernels were not built for the interpreter "
+                "(set TRITON_INTERPRET=1 before taskadapter_fast and triton are first imported)"
+            )
+    else:
+        reasons.append(
+            f"device type {device.type!r} is not supported ({', '.join(TRITON_DEVICES)}; cpu via the interpreter)"
+        )
+    unsupported = sorted({str(dtype) for dtype in dtypes if dtype not in LOW_PRECISION})
+    if unsupported:
+        reasons.append(f"dtype {', '.join(unsupported)} is not supported (float32, bfloat16, float16)")
+    return reasons
+
+
+# short_attention ------------------------------------------------------------------------------------
+
+SHORT_ATTENTION_MAX_SEQ_LEN = 64
+SHORT_ATTENTION_MAX_HEAD_DIM = 128
+
+
+def validate_short_attention(qkv: torch.Tensor, num_heads: int, axis: int) -> None:
+    """User-input checks shared by every implementation; raises ValueError naming the bad value."""
+    if qkv.dim() < 2:
+        raise ValueError(f"qkv must be [..., 3*D] with at least one leading dim, got shape {tuple(qkv.shape)}")
+    if not -qkv.dim() <= axis < qkv.dim():
+        raise ValueError(f"axis must be a leading dim of qkv {tuple(qkv.shape)}, got {axis}")
+    if axis % qkv.dim() == qkv.dim() - 1:
+        raise ValueError(f"axis must be a leading dim, not the packed qkv (last) dim, got {axis}")
+    if num_heads < 1 or qkv.shape[-1] % (3 * num_heads) != 0:
+        raise ValueError(f"qkv's last dim {qkv.shape[-1]} must be 3*D with D divisible by num_heads={num_heads}")
+
+
+def _short_attention_triton_reasons(qkv: torch.Tensor, num_heads: int, axis: int) -> list[str]:
+    dtypes = [qkv.dtype, compute_dtype(qkv)]
+    reasons = _triton_device_reasons(qkv.device, dtypes, lambda: short_attention_kernels.is_interpreted())
+    seq_len = qkv.shape[axis]
+    if seq_len > SHORT_ATTENTION_MAX_SEQ_LEN:
+        reasons.append(
+            f"sequence length {seq_len} (dim {axis}) exceeds {SHORT_ATTENTION_MAX_SEQ_LEN}: the kernel holds a "
+            "whole sequence in one tile; long axes (e.g. the 197 spatial tokens) belong to the reference's SDPA"
+        )
+    head_dim = qkv.shape[-1] // 3 // num_heads
+    if head_dim > SHORT_ATTENTION_MAX_HEAD_DIM:
+        reasons.append(f"head dim {head_dim} exceeds {SHORT_ATTENTION_MAX_HEAD_DIM}")
+    return reasons
+
+
+def _short_attention_triton(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.Tensor:
+    return torch.ops.taskadapter_fast.short_attention(qkv, num_heads, axis, compute_dtype(qkv))
+
+
+SHORT_ATTENTION_IMPLS = (
+    Implementation(
+        name="triton",
+        devices=TRITON_DEVICES,
+        auto_devices=("cuda",),
+        dtypes=LOW_PRECISION,
+        limits={"max_seq_len": SHORT_ATTENTION_MAX_SEQ_LEN, "max_head_dim": SHORT_ATTENTION_MAX_HEAD_DIM},
+        atol_floor={torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4},
+        run=_short_attention_triton,
+        reasons=_short_attention_triton_reasons,
+    ),
+    Implementation(
+        name="reference",
+        devices=(ANY_DEVICE,),
+        auto_devices=(ANY_DEVICE,),
+        dtypes=(torch.float64, *LOW_PRECISION),
+        limits={},
+        atol_floor={},
+        run=short_attention_ref,
+    ),
+)
+
+
+# fused_adapter --------------------------------------------------------------------------------------
+
+FUSED_ADAPTER_MAX_HIDDEN = 256
+
+
+def validate_fused_adapter(
+    y: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    base: torch.Tensor | None = None,
+    skip: bool = False,
+) -> None:
+    """User-input checks shared by every implementation; raises ValueError naming the bad value."""
+    dim = y.shape[-1] if y.dim() else 0
+    if fc1_weight.dim() != 2 or fc1_weight.shape[1] != dim:
+        raise ValueError(f"fc1_weight must be [R, D={dim}], got {tuple(fc1_weight.shape)}")
+    hidden = fc1_weight.shape[0]
+    if fc2_weight.shape != (dim, hidden):
+        raise ValueError(f"fc2_weight must be [D={dim}, R={hidden}], got {tuple(fc2_weight.shape)}")
+    if fc1_bias is not None and fc1_bias.shape != (hidden,):
+        raise ValueError(f"fc1_bias must be [R={hidden}], got {tuple(fc1_bias.shape)}")
+    if fc2_bias is not None and fc2_bias.shape != (dim,):
+        raise ValueError(f"fc2_bias must be [D={dim}], got {tuple(fc2_bias.shape)}")
+
+
+def _fused_adapter_triton_reasons(
+    y: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    base: torch.Tensor | None = None,
+    skip: bool = False,
+) -> list[str]:
+    tensors = [t for t in (y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base) if t is not None]
+    dtypes = [t.dtype for t in tensors] + [compute_dtype(y)]
+    reasons = _triton_device_reasons(y.device, dtypes, lambda: fused_adapter_kernels.is_interpreted())
+    if any(t.device != y.device for t in tensors):
+        reasons.append("all tensors must be on y's device")
+    if fc1_weight.shape[0] > FUSED_ADAPTER_MAX_HIDDEN:
+        reasons.append(f"hidden width {fc1_weight.shape[0]} exceeds {FUSED_ADAPTER_MAX_HIDDEN}, the on-chip tile")
+    if base is not None and base.shape != y.shape:
+        reasons.append(f"base {tuple(base.shape)} must have y's shape {tuple(y.shape)} (no broadcasting)")
+    return reasons
+
+
+def _fused_adapter_triton(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base=None, skip=False) -> torch.Tensor:
+    return torch.ops.taskadapter_fast.fused_adapter(
+        y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base, skip, compute_dtype(y)
+    )
+
+
+FUSED_ADAPTER_IMPLS = (
+    Implementation(
+        name="triton",
+        devices=TRITON_DEVICES,
+        auto_devices=("cuda",),
+        dtypes=LOW_PRECISION,
+        limits={"max_hidden": FUSED_ADAPTER_MAX_HIDDEN},
+        atol_floor={torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4},
+        run=_fused_adapter_triton,
+        reasons=_fused_adapter_triton_reasons,
+    ),
+    Implementation(
+        name="reference",
+        devices=(ANY_DEVICE,),
+        auto_devices=(ANY_DEVICE,),
+        dtypes=(torch.float64, *LOW_PRECISION),
+        limits={},
+        atol_floor={},
+        run=fused_adapter_ref,
+    ),
+)

@@ -39,6 +39,7 @@ class ModelConfig:
     clip_model: str = "ViT-B-16"  # any open_clip ViT model name (tiny ones are registered by this package)
     pretrained: str | None = None  # open_clip tag ("openai"), a local checkpoint file, or None (random init)
     quick_gelu: bool | None = None  # None: follow the pretrained tag (OpenAI CLIP uses QuickGELU)
+    init_seed: int = 0  # seeds the random init of the frozen backbone, so a checkpoint alone rebuilds it
     num_frames: int = 8
     # visual branch (SPEC §2)
     adapter_layers: int = 6  # L: adapt the last L blocks

@@ -283,9 +283,8 @@ def test_adapter_checkpoint_round_trip_is_bit_identical(tmp_path, model, episode
     support, labels, query, _, names = episode
     path = taf.save_adapters(model, tmp_path / "adapters.safetensors")
     assert path.stat().st_size < 2_000_000  # adapters only, not the CLIP weights
-    torch.manual_seed(123)  # a different random backbone must not matter: the tiny preset has no weights
+    torch.manual_seed(123)  # the global RNG must not matter: the backbone's random init comes from init_seed
     restored = taf.create_model(checkpoint=path).eval()
-    restored.clip.load_state_dict(model.clip.state_dict())
     with torch.no_grad():
         a = model(support, labels, query, names, make_corpus(3))
         b = restored(support, labels, query, names, make_corpus(3))

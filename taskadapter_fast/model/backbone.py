@@ -6,6 +6,7 @@ import os
 from importlib import resources
 
 import open_clip
+import torch
 from torch import nn
 
 _REGISTERED = False
@@ -35,8 +36,14 @@ def _pretrained_error(model_name: str, pretrained: str, reason: str) -> RuntimeE
     )
 
 
-def build_clip(model_name: str, pretrained: str | None = None, quick_gelu: bool | None = None) -> nn.Module:
-    """An open_clip CLIP model. `pretrained`: None (random init), an open_clip tag, or a local file."""
+def build_clip(
+    model_name: str, pretrained: str | None = None, quick_gelu: bool | None = None, init_seed: int = 0
+) -> nn.Module:
+    """An open_clip CLIP model. `pretrained`: None (random init), an open_clip tag, or a local file.
+
+    The random initialisation is drawn from `init_seed` (the global RNG is left untouched), so a model
+    without pretrained weights is the same model wherever its config is rebuilt.
+    """
     register_clip_configs()
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model {model_name!r}; open_clip knows e.g. {open_clip.list_models()[:8]} ...")
@@ -55,7 +62,9 @@ def build_clip(model_name: str, pretrained: str | None = None, quick_gelu: bool 
     if quick_gelu is None:
         quick_gelu = bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else False
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as exc:
         if tag_cfg is not None:
             raise _pretrained_error(model_name, pretrained, str(exc)) from None

@@ -35,7 +35,9 @@ class TaskAdapterPP(nn.Module):
     def __init__(self, config: ModelConfig, clip: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.clip = clip if clip is not None else build_clip(config.clip_model, config.pretrained, config.quick_gelu)
+        if clip is None:
+            clip = build_clip(config.clip_model, config.pretrained, config.quick_gelu, config.init_seed)
+        self.clip = clip
         self.tokenizer = get_tokenizer(config.clip_model)
         self.clip.requires_grad_(False)
         visual = self.clip.visual

@@ -1,0 +1,475 @@
+"""`python -m taskadapter_fast.evaluate`: accuracy ± 95% CI of a checkpoint over few-shot episodes.
+
+    python -m taskadapter_fast.evaluate --checkpoint runs/demo/best.safetensors
+    python -m taskadapter_fast.evaluate --checkpoint best.safetensors --split test.txt --root /data/ssv2 \\
+        --corpus classes_somethingcmn.yml --way 5 --shot 1 --episodes 10000 --output test.json
+    python -m taskadapter_fast.evaluate --checkpoint official_best.pth --preset ssv2_small --split ...
+
+Model and data settings come from the checkpoint: our adapter checkpoints store the model config,
+and those written by `python -m taskadapter_fast.train` also store the whole run config (metadata
+key ``run_config``: model, data and train sections), so `--checkpoint` alone re-tests a training
+run on the same test episodes (its ``data`` section and ``train.eval_seed`` / ``train.test_episodes``).
+Flags override the stored values; ``model.KEY=VALUE`` / ``data.KEY=VALUE`` arguments override any
+other field. Official-implementation checkpoints store no config: pass ``--preset`` and the data flags.
+
+Episodes are `engine.EpisodeLoader` episodes ``0 .. N-1`` of ``--seed``; ``--save-episodes FILE``
+writes the exact episodes evaluated (classes, support and query rows, frame indices) and
+``--episodes-file FILE`` replays them, so two models are compared on identical episodes.
+The work is `taskadapter_fast.engine.evaluate`; this module only wires files to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import parse_override
+
+EPISODES_FORMAT = "taskadapter_fast.episodes"
+EPISODES_VERSION = 1
+DEFAULT_EPISODES = 10000
+SUBSETS = ("test", "val", "train")
+
+
+class UsageError(ValueError):
+    """Bad command-line input (reported in one line, exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------------ model
+def stored_run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The run config tree a training run stored in one of our checkpoints, or None."""
+    from .checkpoint import is_official_checkpoint, read_adapter_checkpoint
+
+    if is_official_checkpoint(checkpoint):
+        return None
+    _, metadata = read_adapter_checkpoint(checkpoint)
+    text = metadata.get("run_config")
+    if not text:
+        return None
+    try:
+        tree = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{checkpoint}: the stored run_config is not valid JSON ({error})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{checkpoint}: the stored run_config is not a mapping")
+    return tree
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def load_model(
+    checkpoint: str | None,
+    preset: str | None,
+    model_overrides: dict[str, Any],
+    device: torch.device,
+    stored: dict[str, Any] | None = None,
+):
+    """Our checkpoint (its stored config, or `preset`), an official one (needs `preset`), or a bare preset.
+
+    stored: the checkpoint's run config (`stored_run_config`), if any.
+    """
+    from .api import create_model
+
+    if checkpoint is None and preset is None:
+        raise UsageError("pass --checkpoint FILE (or --preset NAME for an untrained model)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    # A backbone without pretrained weights (the tiny demo model) is a random draw that adapter checkpoints
+    # do not store: draw it from the seed the training run used, so evaluation sees the same backbone.
+    train_section = (stored or {}).get("train") or {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(train_section.get("seed", 0)))
+        return create_model(preset, checkpoint=checkpoint, device=device, **model_overrides)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> Any:
+    """The `data` section (runconfig.DataConfig) from the stored run config and overrides, not validated
+    as a training config (evaluation needs one split, not three)."""
+    from .runconfig import DataConfig, SyntheticConfig
+
+    tree = dict((stored or {}).get("data") or {})
+    tree.update(overrides)
+    known = {field.name for field in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise UsageError(f"unknown data key(s) {unknown}; known keys: {sorted(known)}")
+    synthetic = tree.pop("synthetic", None) or {}
+    if isinstance(synthetic, dict):
+        synthetic_known = {field.name for field in dataclasses.fields(SyntheticConfig)}
+        bad = sorted(set(synthetic) - synthetic_known)
+        if bad:
+            raise UsageError(f"unknown data.synthetic key(s) {bad}; known keys: {sorted(synthetic_known)}")
+        synthetic = SyntheticConfig(**synthetic)
+    data = DataConfig(**tree, synthetic=synthetic)
+    for name in ("n_way", "n_shot", "n_query"):
+        if int(getattr(data, name)) < 1:
+            raise UsageError(f"data.{name} must be >= 1, got {getattr(data, name)!r}")
+    return data
+
+
+def split_rows(data: Any, subset: str = "test") -> tuple[list, str | None, str]:
+    """-> (manifest rows of the `subset` split, corpus path or None, a description of the split)."""
+    from .data.splits import read_split
+
+    if data.dataset == "synthetic":
+        from .data.synthetic import make_synthetic_dataset
+
+        dataset = make_synthetic_dataset(root=data.root, **dataclasses.asdict(data.synthetic))
+        return read_split(dataset.split_files[subset]), data.corpus or str(dataset.corpus), f"synthetic:{subset}"
+    split = getattr(data, f"{subset}_split")
+    if not split:
+        raise UsageError(
+            f"no {subset} split: pass --split FILE (and --root DIR, --corpus FILE), or --dataset synthetic"
+        )
+    rows = read_split(split, format=data.format, root=data.root, class_names=data.class_names)
+    return rows, data.corpus, str(split)
+
+
+def load_corpus_for(model, corpus_path: str | None):
+    """The sub-action corpus the model needs (None when its prompts use no sub-actions)."""
+    from .data.corpus import load_corpus
+
+    if model.config.sub_actions == "none" or model.config.score == "video":
+        return load_corpus(corpus_path) if corpus_path else None
+    if not corpus_path:
+        raise UsageError("this model's prompts need sub-actions: pass --corpus FILE (the dataset's corpus)")
+    if not Path(corpus_path).is_file():
+        raise FileNotFoundError(f"corpus file not found: {corpus_path}")
+    return load_corpus(corpus_path)
+
+
+# ------------------------------------------------------------------------------------------------ episodes files
+def write_episodes_file(path: str | os.PathLike, loader, plans, split: str) -> Path:
+    """Write the evaluated episodes (JSON), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": EPISODES_FORMAT,
+        "version": EPISODES_VERSION,
+        "split": split,
+        "num_rows": len(loader.rows),
+        "n_way": loader.n_way,
+        "n_shot": loader.n_shot,
+        "n_query": loader.n_query,
+        "num_frames": loader.num_frames,
+        "image_size": loader.image_size,
+        "seed": loader.seed,
+        "train": loader.train,
+        "episodes": [plan.to_record() for plan in plans],
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def read_episodes_file(path: str | os.PathLike) -> tuple[dict[str, Any], list]:
+    """-> (header, list of EpisodePlan)."""
+    from .engine import EpisodePlan
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"episodes file not found: {path}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not an episodes file (not JSON: {error})") from None
+    # Also accepted: the trainer's `test_episodes.json` (the same records and settings, no format tag).
+    if not isinstance(document, dict) or document.get("format", EPISODES_FORMAT) != EPISODES_FORMAT:
+        raise ValueError(f"{path} is not an episodes file (written by --save-episodes or the trainer)")
+    if document.get("version", EPISODES_VERSION) != EPISODES_VERSION:
+        raise ValueError(f"{path}: episodes file version {document.get('version')!r}, expected {EPISODES_VERSION}")
+    missing = [key for key in ("n_way", "n_shot", "n_query", "seed", "episodes") if key not in document]
+    if missing:
+        raise ValueError(f"{path} is not an episodes file (missing {missing})")
+    plans = []
+    for number, record in enumerate(document.get("episodes") or []):
+        try:
+            plans.append(EpisodePlan.from_record(record))
+        except ValueError as error:
+            raise ValueError(f"{path}: episode #{number}: {error}") from None
+    if not plans:
+        raise ValueError(f"{path} holds no episodes")
+    header = {key: value for key, value in document.items() if key != "episodes"}
+    return header, plans
+
+
+# ------------------------------------------------------------------------------------------------ plot
+def plot_nway_curve(points: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
+    """PNG of N-way 1-shot accuracy with 95% CI error bars (the paper's Fig. 9)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ways = [p["n_way"] for p in points]
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.errorbar(ways, [p["accuracy"] for p in points], yerr=[p["ci95"] for p in points], marker="o", capsize=3)
+    axes.set_xlabel("N (classes per episode), 1-shot")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_xticks(ways)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ command line
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(name: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _ways(text: str) -> list[int]:
+    try:
+        ways = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--nway-curve must be comma-separated integers, got {text!r}") from None
+    if not ways or min(ways) < 2:
+        raise argparse.ArgumentTypeError(f"--nway-curve needs ways >= 2, got {text!r}")
+    return sorted(set(ways))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m taskadapter_fast.evaluate",
+        description="Few-shot accuracy (mean ± 95%% CI over episodes) of a Task-Adapter++ checkpoint.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")
+    model.add_argument("--preset", help="model preset; needed for official checkpoints (ssv2_small, ..., tiny)")
+    model.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    data = parser.add_argument_group("data (default: what the checkpoint's run config stores)")
+    data.add_argument("--split", help="split file, folder-per-class directory or manifest to evaluate on")
+    data.add_argument("--subset", choices=SUBSETS, default="test", help="which split of the stored config")
+    data.add_argument("--dataset", choices=("synthetic", "splits"), help="the built-in synthetic data or --split")
+    data.add_argument("--root", help="where the split's relative video paths start")
+    data.add_argument("--format", help="split format (auto, official, trx, clipfsar, folder, manifest)")
+    data.add_argument("--class-names", help="class names file for index-only split lists")
+    data.add_argument("--corpus", help="sub-action corpus (official YAML or JSON)")
+    data.add_argument("--way", type=_positive("--way"), help="classes per episode (C)")
+    data.add_argument("--shot", type=_positive("--shot"), help="support videos per class (K)")
+    data.add_argument("--query", type=_positive("--query"), help="query videos per class (Q)")
+    data.add_argument("--decoder", help="auto, pyav, dali_cpu, dali_gpu")
+    data.add_argument("--prefetch", type=_positive("--prefetch", 0), help="episodes decoded ahead")
+    run = parser.add_argument_group("evaluation")
+    run.add_argument(
+        "--episodes",
+        type=_positive("--episodes"),
+        help=f"episodes to evaluate (default: the run's train.test_episodes, else {DEFAULT_EPISODES})",
+    )
+    run.add_argument("--seed", type=_positive("--seed", 0), help="episode seed (default: the run's train.eval_seed)")
+    run.add_argument("--inductive", action="store_true", help="classify each query alone (default: transductive)")
+    run.add_argument("--no-cache", action="store_true", help="recompute the frozen prefix for every episode")
+    run.add_argument("--cache-dir", help="also keep the frozen-prefix cache in this folder (reused across runs)")
+    run.add_argument("--cache-gb", type=float, default=4.0, help="memory budget of the prefix cache in GiB (default 4)")
+    run.add_argument("--save-episodes", metavar="FILE", help="write the evaluated episodes (JSON) for replay")
+    run.add_argument("--episodes-file", metavar="FILE", help="evaluate exactly the episodes of this file")
+    run.add_argument("--output", metavar="FILE", help="write accuracy, ci95 and per-episode accuracies as JSON")
+    run.add_argument("--nway-curve", type=_ways, metavar="N,N,...", help="N-way 1-shot accuracies, e.g. 5,10,15")
+    run.add_argument(
+        "--plot", metavar="FILE", default="nway_curve.png", help="PNG of --nway-curve (default: %(default)s)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model.KEY=VALUE or data.KEY=VALUE")
+    return parser
+
+
+def _split_overrides(texts: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for text in texts:
+        try:
+            parts, value = parse_override(text)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if parts[0] == "model" and len(parts) == 2:
+            model[parts[1]] = value
+        elif parts[0] == "data" and len(parts) == 2:
+            data[parts[1]] = value
+        elif parts[0] == "data" and len(parts) == 3 and parts[1] == "synthetic":
+            data.setdefault("synthetic", {})[parts[2]] = value
+        else:
+            raise UsageError(f"override {text!r}: expected model.KEY=VALUE or data.KEY=VALUE")
+    return model, data
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import EpisodeLoader, PrefixCache, evaluate
+
+    if args.episodes_file and (args.nway_curve or args.episodes is not None or args.seed is not None):
+        raise UsageError("--episodes-file fixes the episodes: drop --nway-curve, --episodes and --seed")
+    if args.nway_curve and args.save_episodes:
+        raise UsageError("--save-episodes saves one C-way setting; it cannot be combined with --nway-curve")
+    if args.cache_gb <= 0:
+        raise UsageError(f"--cache-gb must be > 0, got {args.cache_gb}")
+    model_overrides, data_overrides = _split_overrides(args.overrides)
+    stored = stored_run_config(args.checkpoint) if args.checkpoint else None
+    flags = {
+        "dataset": args.dataset,
+        "root": args.root,
+        "format": args.format,
+        "class_names": args.class_names,
+        "corpus": args.corpus,
+        "n_way": args.way,
+        "n_shot": args.shot,
+        "n_query": args.query,
+        "decoder": args.decoder,
+        "prefetch": args.prefetch,
+    }
+    if args.split:
+        flags[f"{args.subset}_split"] = args.split
+        flags.setdefault("dataset", None)
+        flags["dataset"] = flags["dataset"] or "splits"
+    data_overrides.update({key: value for key, value in flags.items() if value is not None})
+    data = data_settings(stored, data_overrides)
+    train_section = (stored or {}).get("train") or {}
+    seed = args.seed if args.seed is not None else int(train_section.get("eval_seed", 0))
+    episodes = args.episodes or int(train_section.get("test_episodes", DEFAULT_EPISODES))
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, args.preset, model_overrides, device, stored)
+    rows, corpus_path, split = split_rows(data, args.subset)
+    corpus = load_corpus_for(model, corpus_path)
+    image_size = int(data.image_size or model.visual.image_size)
+    num_frames = int(model.config.num_frames)
+    cache = False if args.no_cache else PrefixCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir)
+
+    def make_loader(n_way: int, n_shot: int, n_query: int, loader_seed: int) -> EpisodeLoader:
+        return EpisodeLoader(
+            rows,
+            n_way,
+            n_shot,
+            n_query,
+            num_frames=num_frames,
+            image_size=image_size,
+            train=False,
+            seed=loader_seed,
+            decoder=data.decoder,
+            prefetch=data.prefetch,
+        )
+
+    report: dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "preset": args.preset,
+        "split": split,
+        "num_videos": len(rows),
+        "device": str(device),
+        "cache": not args.no_cache,
+    }
+    progress = not args.no_progress
+    if args.nway_curve:
+        too_many = [way for way in args.nway_curve if way > len({row.class_name for row in rows})]
+        if too_many:
+            raise UsageError(f"--nway-curve {too_many}: the split has only {len({r.class_name for r in rows})} classes")
+        points = []
+        for way in args.nway_curve:
+            loader = make_loader(way, 1, data.n_query, seed)
+            result = evaluate(
+                model, loader, range(episodes), corpus, cache=cache, inductive=args.inductive, progress=progress
+            )
+            print(f"{way}-way 1-shot: {result.summary()}")
+            points.append({"n_way": way, "n_shot": 1, **result.to_dict()})
+        title = f"{Path(args.checkpoint).name if args.checkpoint else args.preset} on {split}"
+        plot = plot_nway_curve(points, args.plot, title)
+        print(f"wrote {plot}")
+        report.update({"seed": seed, "n_query": data.n_query, "nway_curve": points, "plot": str(plot)})
+    else:
+        if args.episodes_file:
+            header, items = read_episodes_file(args.episodes_file)
+            if header.get("num_frames", num_frames) != num_frames or header.get("image_size", image_size) != image_size:
+                raise ValueError(
+                    f"{args.episodes_file} was saved for T={header.get('num_frames')}, S={header.get('image_size')}; "
+                    f"this model uses T={num_frames}, S={image_size}"
+                )
+            if header.get("num_rows", len(rows)) != len(rows):
+                raise ValueError(
+                    f"{args.episodes_file} was saved for a split of {header.get('num_rows')} videos "
+                    f"({header.get('split')}), this split ({split}) has {len(rows)}"
+                )
+            loader = make_loader(
+                int(header["n_way"]), int(header["n_shot"]), int(header["n_query"]), int(header["seed"])
+            )
+            seed = loader.seed
+        else:
+            loader = make_loader(data.n_way, data.n_shot, data.n_query, seed)
+            items = range(episodes)
+        result = evaluate(model, loader, items, corpus, cache=cache, inductive=args.inductive, progress=progress)
+        queries = f"{loader.n_query} {'query' if loader.n_query == 1 else 'queries'}/class"
+        setting = f"{loader.n_way}-way {loader.n_shot}-shot ({queries})"
+        print(
+            f"accuracy {result.accuracy:.2f} ± {result.ci95:.2f} % (95% CI), {setting}, {result.episodes} episodes, "
+            f"{'inductive' if args.inductive else 'transductive'}, {result.episodes_per_second:.2f} episodes/s"
+        )
+        if result.skipped:
+            print(f"note: {result.skipped} unreadable video(s) skipped", file=sys.stderr)
+        if args.save_episodes:
+            print(f"wrote {write_episodes_file(args.save_episodes, loader, result.plans, split)}")
+        report.update({"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": seed})
+        report.update(result.to_dict())
+        report["episodes_file"] = args.episodes_file
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {output}")
+    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""`python -m taskadapter_fast.predict`: classify videos against a few examples of your own classes.
+
+    python -m taskadapter_fast.predict --checkpoint best.safetensors --support my_classes/ \\
+        --corpus my_corpus.yaml clip1.mp4 clip2.webm
+    python -m taskadapter_fast.predict --checkpoint best.safetensors --support my_classes/ \\
+        --generate-corpus --base-url https://api.openai.com/v1 clip.mp4 --json
+
+``--support DIR`` holds one folder per class (its name is the class name) with a few example videos
+(video files or JPEG frame folders). Every class uses the same number of shots K: the smallest
+class's count (extra examples, by name order, are left out with a warning). The sub-action corpus
+(three stages per class) comes from ``--corpus FILE`` or is generated with ``--generate-corpus``
+by asking an OpenAI-compatible chat endpoint (see ``python -m taskadapter_fast.corpus generate``;
+answers are cached, so a second run asks nothing).
+
+Each query is classified on its own by default (a query set of one: the prediction for a video
+does not depend on which other videos are passed); ``--transductive`` encodes all queries as one
+set, as in episodic evaluation. Scores are the model's P ⊙ Ṗ per class; probabilities are
+softmax(logit_scale · score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def support_rows(support_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
+    """-> (class names in folder-name order, per class its example rows, K of each: the smallest count)."""
+    from .data.splits import read_split
+
+    support_dir = Path(support_dir)
+    if not support_dir.is_dir():
+        raise FileNotFoundError(f"support folder not found: {support_dir}")
+    rows = read_split(support_dir, format="folder")
+    by_class: dict[str, list[Any]] = {}
+    for row in rows:
+        by_class.setdefault(row.class_name, []).append(row)
+    class_names = sorted(by_class)
+    if len(class_names) < 2:
+        raise ValueError(f"{support_dir}: needs at least two class folders with example videos, found {class_names}")
+    shots = min(len(by_class[name]) for name in class_names)
+    trimmed = [name for name in class_names if len(by_class[name]) > shots]
+    if trimmed:
+        log.warning(
+            "%s: using %d example(s) per class (the smallest class's count); left out extra examples of %s",
+            support_dir,
+            shots,
+            ", ".join(trimmed),
+        )
+    return class_names, [sorted(by_class[name], key=lambda row: row.path)[:shots] for name in class_names]
+
+
+def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder: str = "auto") -> torch.Tensor:
+    """Centre-sampled, centre-cropped clips of the given videos -> [V, T, 3, S, S]."""
+    from .data.decode import load_clips, video_kind
+    from .data.sampler import frame_indices
+    from .engine import probe_frame_count
+
+    for path in paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"video not found: {path}")
+    counts = [probe_frame_count(path, video_kind(path)) for path in paths]
+    indices = frame_indices(counts, num_frames, train=False)
+    return load_clips(list(paths), indices, image_size=image_size, train=False, decoder=decoder)
+
+
+def predict(
+    model: torch.nn.Module,
+    support_dir: str | os.PathLike,
+    queries: Sequence[str | os.PathLike],
+    corpus: Mapping[str, Sequence[str]] | None,
+    *,
+    transductive: bool = False,
+    decoder: str = "auto",
+) -> list[dict[str, Any]]:
+    """Classify `queries` (video files or frame folders) among the classes of `support_dir`.
+
+    Returns one dict per query: ``query`` (path), ``predicted`` (class name), ``scores`` and
+    ``probabilities`` ({class name: value}, in class order). Runs in eval mode without gradients.
+    """
+    queries = [str(q) for q in queries]
+    if not queries:
+        raise ValueError("no query video given")
+    class_names, per_class = support_rows(support_dir)
+    num_frames = int(model.config.num_frames)
+    image_size = int(model.visual.image_size)
+    support_paths = [row.path for rows in per_class for row in rows]
+    support_labels = torch.arange(len(class_names)).repeat_interleave(len(per_class[0]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = model.device
+            dtype = next(model.parameters()).dtype
+            support = load_videos(support_paths, num_frames, image_size, decoder).to(device=device, dtype=dtype)
+            query = load_videos(queries, num_frames, image_size, decoder).to(device=device, dtype=dtype)
+            support_feats = model.encode_videos(support)  # [C*K, T, E]
+            text_feats = model.encode_classes(class_names, corpus) if model.config.score != "video" else None
+            labels = support_labels.to(device)
+            if transductive:
+                scores = model.scores_from_features(
+                    support_feats, labels, model.encode_videos(query), text_feats, len(class_names)
+                )
+            else:
+                scores = torch.cat(
+                    [
+                        model.scores_from_features(
+                            support_feats, labels, model.encode_videos(query[q : q + 1]), text_feats, len(class_names)
+                        )
+                        for q in range(query.shape[0])
+                    ]
+                )  # [M, C]
+            probabilities = torch.softmax(model.config.logit_scale * scores.float(), dim=1)
+    finally:
+        model.train(was_training)
+    results = []
+    for q, path in enumerate(queries):
+        row = scores[q].float().cpu().tolist()
+        results.append(
+            {
+                "query": path,
+                "predicted": class_names[int(scores[q].argmax())],
+                "scores": dict(zip(class_names, row, strict=True)),
+                "probabilities": dict(zip(class_names, probabilities[q].cpu().tolist(), strict=True)),
+            }
+        )
+    return results
+
+
+def format_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Human-readable predictions: per query the predicted class, then every class by score."""
+    lines = []
+    for result in results:
+        names = sorted(result["scores"], key=lambda name: -result["scores"][name])
+        width = max(len("class"), *(len(name) for name in names))
+        lines.append(f"{result['query']}  ->  {result['predicted']}")
+        lines.append(f"  {'class':<{width}}  {'score':>8}  {'prob':>7}")
+        for name in names:
+            lines.append(
+                f"  {name:<{width}}  {result['scores'][name]:>8.4f}  {100 * result['probabilities'][name]:>6.2f}%"
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ corpus
+def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url: str, model: str, api_key_env: str):
+    """Generate (or complete) a sub-action corpus for `class_names` at `out`; returns it."""
+    from .data.corpus import CommandError, generate, load_corpus, resolve_subactions
+
+    out = Path(out)
+    if out.is_file():
+        corpus = load_corpus(out)
+        try:
+            resolve_subactions(corpus, list(class_names))
+            return corpus  # already covers every class: nothing to ask
+        except ValueError:
+            pass
+    with tempfile.TemporaryDirectory() as folder:
+        labels = Path(folder) / "labels.txt"
+        labels.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+        try:  # its progress and summary are status messages: stderr, so stdout stays the predictions
+            with contextlib.redirect_stdout(sys.stderr):
+                status = generate(str(labels), str(out), base_url, model, api_key_env)
+        except CommandError as error:
+            raise RuntimeError(f"--generate-corpus: {error}") from None
+    if status != 0:
+        raise RuntimeError(f"--generate-corpus: not every class got its sub-actions (see above); {out} is incomplete")
+    return load_corpus(out)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    from .evaluate import _Parser
+
+    parser = _Parser(prog="python -m taskadapter_fast.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("queries", nargs="+", metavar="VIDEO", help="query video files or JPEG frame folders")
+    parser.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")
+    parser.add_argument("--preset", help="model preset; needed for official checkpoints")
+    parser.add_argument("--support", required=True, metavar="DIR", help="a folder per class of example videos")
+    parser.add_argument("--corpus", metavar="FILE", help="sub-action corpus; with --generate-corpus: where to write it")
+    parser.add_argument(
+        "--generate-corpus", action="store_true", help="ask a chat endpoint for the classes' sub-actions"
+    )
+    parser.add_argument("--base-url", default="https://api.openai.com/v1", help="chat endpoint for --generate-corpus")
+    parser.add_argument("--llm-model", default="gpt-4", help="model name for --generate-corpus (default: gpt-4)")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's API key")
+    parser.add_argument("--transductive", action="store_true", help="encode all queries as one set")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--decoder", default="auto", help="auto, pyav, dali_cpu, dali_gpu")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data.corpus import load_corpus
+    from .evaluate import UsageError, load_model, resolve_device, stored_run_config
+
+    stored = stored_run_config(args.checkpoint) if args.checkpoint else None
+    model = load_model(args.checkpoint, args.preset, {}, resolve_device(args.device), stored)
+    class_names, _ = support_rows(args.support)
+    needs_corpus = model.config.sub_actions != "none" and model.config.score != "video"
+    if args.generate_corpus:
+        out = args.corpus or str(Path(args.support) / "corpus.yaml")
+        corpus = generate_corpus(class_names, out, args.base_url, args.llm_model, args.api_key_env)
+    elif args.corpus:
+        if not Path(args.corpus).is_file():
+            raise FileNotFoundError(f"corpus file not found: {args.corpus}")
+        corpus = load_corpus(args.corpus)
+    elif needs_corpus:
+        raise UsageError("this model needs the classes' sub-actions: pass --corpus FILE or --generate-corpus")
+    else:
+        corpus = None
+    results = predict(model, args.support, args.queries, corpus, transductive=args.transductive, decoder=args.decoder)
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .evaluate import UsageError, _one_line
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""`python -m taskadapter_fast.evaluate`: real subprocesses on a tiny adapter checkpoint saved here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from taskadapter_fast import create_model
+from taskadapter_fast.checkpoint import save_adapters, save_official_state
+from taskadapter_fast.data.corpus import load_corpus
+from taskadapter_fast.data.splits import read_split
+from taskadapter_fast.data.synthetic import make_synthetic_dataset
+from taskadapter_fast.engine import EpisodeLoader, evaluate
+from taskadapter_fast.evaluate import main
+from taskadapter_fast.runconfig import RunConfig
+
+SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 32}
+TRAIN_SEED, EVAL_SEED = 3, 11
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small CPU shared with other work, OpenMP threads waiting on each other
+    (and on the decode threads) made the same work up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _trained_like(model):
+    """Adapters as after some training: non-zero everywhere, so predictions are not all ties."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.trainable_parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluate")
+    dataset = make_synthetic_dataset(root=folder / "synthetic", **SYNTHETIC)
+    run = RunConfig.from_dict(
+        {
+            "model": {"clip_model": "taf-tiny-ViT", "pretrained": None, "adapter_layers": 2, "text_adapter_layers": 1},
+            "data": {"dataset": "synthetic", "root": str(dataset.root), "synthetic": SYNTHETIC, "decoder": "pyav"},
+            "train": {"seed": TRAIN_SEED, "eval_seed": EVAL_SEED, "test_episodes": 3},
+        }
+    )
+    torch.manual_seed(TRAIN_SEED)  # as the trainer builds its model: the random backbone follows train.seed
+    model = _trained_like(create_model(run.model))
+    checkpoint = save_adapters(model, folder / "best.safetensors", {"run_config": run.to_json()})
+    plain = save_adapters(model, folder / "plain.safetensors")  # no run config: data from flags
+    return {"folder": folder, "dataset": dataset, "model": model, "checkpoint": checkpoint, "plain": plain}
+
+
+def _cli(*args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_torch_thread
+    process = subprocess.run(
+        [sys.executable, "-m", "taskadapter_fast.evaluate", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check:
+        assert process.returncode == 0, process.stderr
+    return process
+
+
+def test_checkpoint_alone_retests_and_episodes_replay_identically(setup):
+    folder = setup["folder"]
+    first = _cli("--checkpoint", setup["checkpoint"], "--output", folder / "o1.json",
+                 "--save-episodes", folder / "episodes.json", "--no-progress")  # fmt: skip
+    assert "±" in first.stdout and "3 episodes" in first.stdout
+    report = json.loads((folder / "o1.json").read_text())
+    assert report["episodes"] == 3 and len(report["per_episode"]) == 3
+    assert report["seed"] == EVAL_SEED and (report["n_way"], report["n_shot"], report["n_query"]) == (5, 1, 1)
+    assert {"accuracy", "ci95", "per_episode"} <= set(report)
+
+    # The same numbers in-process: the stored run config rebuilt the same backbone, data and episodes.
+    dataset = setup["dataset"]
+    loader = EpisodeLoader(read_split(dataset.split_files["test"]), 5, 1, 1, num_frames=8, image_size=32,
+                           train=False, seed=EVAL_SEED, decoder="pyav")  # fmt: skip
+    expected = evaluate(setup["model"], loader, range(3), load_corpus(dataset.corpus), progress=False)
+    assert report["per_episode"] == expected.per_episode
+    assert report["accuracy"] == pytest.approx(expected.accuracy) and report["ci95"] == pytest.approx(expected.ci95)
+
+    _cli("--checkpoint", setup["checkpoint"], "--episodes-file", folder / "episodes.json",
+         "--output", folder / "o2.json", "--no-progress")  # fmt: skip
+    replay = json.loads((folder / "o2.json").read_text())
+    assert replay["per_episode"] == report["per_episode"] and replay["episode_ids"] == report["episode_ids"]
+
+
+def test_explicit_split_inductive_and_no_cache(setup, capsys):
+    folder, dataset = setup["folder"], setup["dataset"]
+    common = ["--checkpoint", setup["plain"], "--split", dataset.split_files["test"], "--corpus", dataset.corpus,
+              "--way", 3, "--shot", 1, "--query", 2, "--episodes", 2, "--seed", 4, "--decoder", "pyav",
+              "--no-progress"]  # fmt: skip
+    assert main([*map(str, common), "--output", str(folder / "cached.json")]) == 0
+    assert main([*map(str, common), "--no-cache", "--output", str(folder / "plain.json")]) == 0
+    assert main([*map(str, common), "--inductive", "--output", str(folder / "inductive.json")]) == 0
+    cached, plain, inductive = (
+        json.loads((folder / f"{n}.json").read_text()) for n in ("cached", "plain", "inductive")
+    )
+    assert (cached["n_way"], cached["n_query"], cached["episodes"], cached["seed"]) == (3, 2, 2, 4)
+    assert cached["per_episode"] == plain["per_episode"]
+    assert cached["cache"] and not plain["cache"] and inductive["inductive"] and not cached["inductive"]
+    assert "3-way 1-shot" in capsys.readouterr().out
+
+    official = folder / "official.pth"  # the official implementation's layout: {'epoch', 'state'}, CLIP included
+    torch.save({"epoch": 1, "state": save_official_state(setup["model"])}, official)
+    args = ["--checkpoint", official, "--preset", "tiny", "--split", dataset.split_files["test"],
+            "--corpus", dataset.corpus, "--episodes", 1, "--decoder", "pyav", "--no-progress",
+            "--output", folder / "official.json"]  # fmt: skip
+    assert main([str(arg) for arg in args]) == 0
+    assert json.loads((folder / "official.json").read_text())["episodes"] == 1
+
+
+def test_nway_curve_writes_a_plot(setup):
+    folder = setup["folder"]
+    plot = folder / "curve.png"
+    code = main(["--checkpoint", str(setup["checkpoint"]), "--nway-curve", "2,3", "--episodes", "2",
+                 "--plot", str(plot), "--output", str(folder / "curve.json"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = json.loads((folder / "curve.json").read_text())["nway_curve"]
+    assert [p["n_way"] for p in points] == [2, 3] and all(p["episodes"] == 2 for p in points)
+
+
+def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
+    missing = _cli("--checkpoint", tmp_path / "nope.safetensors", check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().startswith("error:") and len(missing.stderr.strip().splitlines()) == 1
+    assert "nope.safetensors" in missing.stderr
+
+    garbage = tmp_path / "episodes.json"
+    garbage.write_text("{not json")
+    cases = [
+        (["--episodes-file", str(garbage)], "not an episodes file"),
+        (["--way", "9", "--episodes", "1"], "n_way = 9"),
+        (["data.no_such_key=1"], "unknown data key"),
+    ]
+    for extra, reason in cases:
+        assert main(["--checkpoint", str(setup["checkpoint"]), "--no-progress", *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and reason in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: exit status 2, one line
+        main(["--checkpoint", str(setup["checkpoint"]), "--episodes", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--episodes must be >= 1" in err and len(err.splitlines()) == 1

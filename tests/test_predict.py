@@ -1,0 +1,161 @@
+"""`python -m taskadapter_fast.predict` and `predict()`: a user's few-shot classifier on real video files."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from taskadapter_fast import create_model
+from taskadapter_fast.checkpoint import save_adapters
+from taskadapter_fast.data.corpus import load_corpus
+from taskadapter_fast.data.synthetic import make_synthetic_dataset
+from taskadapter_fast.predict import main, predict
+from taskadapter_fast.runconfig import RunConfig
+
+SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 32}
+TRAIN_SEED = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small CPU shared with other work, OpenMP threads waiting on each other
+    (and on the decode threads) made the same work up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict")
+    dataset = make_synthetic_dataset(root=folder / "synthetic", **SYNTHETIC)
+    support = folder / "support"
+    queries = []
+    for class_dir in sorted(dataset.video_dirs["test"].iterdir()):
+        videos = sorted(class_dir.glob("*.webm"))
+        (support / class_dir.name).mkdir(parents=True)
+        for video in videos[:2]:
+            shutil.copy(video, support / class_dir.name / video.name)
+        queries.append(str(videos[2]))
+    run = RunConfig.from_dict(
+        {
+            "model": {"clip_model": "taf-tiny-ViT", "pretrained": None, "adapter_layers": 2, "text_adapter_layers": 1},
+            "data": {"dataset": "synthetic", "synthetic": SYNTHETIC},
+            "train": {"seed": TRAIN_SEED},
+        }
+    )
+    torch.manual_seed(TRAIN_SEED)
+    model = create_model(run.model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.trainable_parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    checkpoint = save_adapters(model, folder / "best.safetensors", {"run_config": run.to_json()})
+    classes = sorted(path.name for path in support.iterdir())
+    return {"folder": folder, "dataset": dataset, "support": support, "queries": queries, "classes": classes,
+            "model": model, "checkpoint": checkpoint}  # fmt: skip
+
+
+def test_cli_json_matches_the_library_call(setup):
+    corpus_path = setup["dataset"].corpus
+    queries = setup["queries"][:2]
+    process = subprocess.run(
+        [sys.executable, "-m", "taskadapter_fast.predict", "--checkpoint", str(setup["checkpoint"]),
+         "--support", str(setup["support"]), "--corpus", str(corpus_path), "--decoder", "pyav", "--json", *queries],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},  # see _one_torch_thread
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    printed = json.loads(process.stdout)
+    expected = predict(setup["model"], setup["support"], queries, load_corpus(corpus_path), decoder="pyav")
+    assert [r["query"] for r in printed] == queries
+    for got, want in zip(printed, expected, strict=True):
+        assert got["predicted"] == want["predicted"] and got["predicted"] in setup["classes"]
+        assert list(got["scores"]) == setup["classes"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-6)
+        assert sum(got["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_each_query_is_classified_alone_unless_transductive(setup):
+    corpus = load_corpus(setup["dataset"].corpus)
+    model, support, queries = setup["model"], setup["support"], setup["queries"]
+    together = predict(model, support, queries[:3], corpus, decoder="pyav")
+    alone = predict(model, support, queries[1:2], corpus, decoder="pyav")
+    assert alone[0]["scores"] == pytest.approx(together[1]["scores"], abs=1e-6)
+    transductive = predict(model, support, queries[:3], corpus, decoder="pyav", transductive=True)
+    assert transductive[1]["scores"] != pytest.approx(together[1]["scores"], abs=1e-6)
+
+
+def test_table_output_and_uneven_shots(setup, tmp_path, capsys, caplog):
+    support = tmp_path / "support"
+    shutil.copytree(setup["support"], support)
+    extra = next(iter(sorted(setup["dataset"].video_dirs["test"].iterdir())))
+    shutil.copy(sorted(extra.glob("*.webm"))[2], support / extra.name / "extra.webm")
+    code = main(["--checkpoint", str(setup["checkpoint"]), "--support", str(support),
+                 "--corpus", str(setup["dataset"].corpus), "--decoder", "pyav", setup["queries"][0]])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"{setup['queries'][0]}  ->  " in out and "prob" in out
+    assert all(name in out for name in setup["classes"])
+    assert "using 2 example(s) per class" in caplog.text
+
+
+class _ChatHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in OpenAI-compatible endpoint: three stages for whatever label it is asked about."""
+
+    asked: list[str] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        question = body["messages"][-1]["content"]
+        self.asked.append(question)
+        answer = {"choices": [{"message": {"content": "1. it starts\n2. it goes on\n3. it ends"}}]}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_generate_corpus_through_a_chat_endpoint(setup, tmp_path, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "corpus.yaml"
+        args = ["--checkpoint", str(setup["checkpoint"]), "--support", str(setup["support"]), "--generate-corpus",
+                "--corpus", str(out), "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--decoder", "pyav",
+                "--json", setup["queries"][0]]  # fmt: skip
+        assert main(args) == 0
+        assert len(_ChatHandler.asked) == len(setup["classes"])
+        assert sorted(load_corpus(out)) == setup["classes"]
+        assert json.loads(capsys.readouterr().out)[0]["predicted"] in setup["classes"]
+        assert main(args) == 0  # the corpus covers every class now: nothing is asked again
+        assert len(_ChatHandler.asked) == len(setup["classes"])
+    finally:
+        server.shutdown()
+
+
+def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
+    base = ["--checkpoint", str(setup["checkpoint"]), "--support", str(setup["support"])]
+    cases = [
+        ([*base, "--corpus", str(setup["dataset"].corpus), str(tmp_path / "missing.mp4")], "video not found"),
+        ([*base, setup["queries"][0]], "--corpus FILE or --generate-corpus"),
+        (["--checkpoint", str(setup["checkpoint"]), "--support", str(tmp_path), "--corpus", "x", "q.mp4"], "no videos"),
+    ]
+    for args, reason in cases:
+        assert main(args) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and reason in err and len(err.splitlines()) == 1, err

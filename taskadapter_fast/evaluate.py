@@ -269,7 +269,7 @@ def _ways(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m taskadapter_fast.evaluate",
-        description="Few-shot accuracy (mean ± 95%% CI over episodes) of a Task-Adapter++ checkpoint.",
+        description="Few-shot accuracy (mean ± 95% CI over episodes) of a Task-Adapter++ checkpoint.",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")

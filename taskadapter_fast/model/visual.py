@@ -10,25 +10,89 @@ from .. import ops
 from .adapters import VisualBlockAdapters
 
 
+def _is_literal(impl: str) -> bool:
+    """Whether `impl` asks for the model's literal formulation (see "Two formulations" below)."""
+    return ops.requested_impl(impl) == "reference"
+
+
+# Two formulations of the same maths. impl="reference" runs the literal one: CLIP's own block forward for the
+# frozen blocks, every token through every adapted block, the readable baseline (and the official code's
+# structure). Every other impl ("auto", "triton") runs the restructured one below, which computes the same
+# function with less work on CPU and GPU alike:
+# - frozen blocks as explicit in-proj -> attention -> out-proj on contiguous tensors instead of
+#   nn.MultiheadAttention, whose batch_first transpose hands F.linear a non-contiguous [N, B, D] input that
+#   CPU autocast turns into a batched matmul with the weight expanded and copied B times (bit-identical
+#   results: fp32 and bf16 autocast, ViT-B/16, 2-core EPYC);
+# - the attention output is made contiguous before the out-projection (same pathology for the T-MSA and
+#   Task-MSA outputs, which are permuted views);
+# - in the last block only the class token is computed past the spatial MSA (the head reads only it, and the
+#   spatial MSA is the only step that mixes token positions); exact maths, different rounding of those rows.
+# NOTE (2-core AMD EPYC with AVX-512 bf16, shared and loaded, torch 2.14.1 CPU): see
+# benchmarks/test_bench_model.py ("cpu-visual-step") for the measured step times of both formulations.
+
+
 def _msa(block: nn.Module, h: torch.Tensor, axis: int, impl: str) -> torch.Tensor:
     """The block's frozen MSA along `axis` of h [..., D]: in-proj, attention, out-proj."""
     attn = block.attn
     qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)  # [..., 3D]
     out = ops.short_attention(qkv, attn.num_heads, axis, impl=impl)  # [..., D]
+    if not _is_literal(impl):
+        out = out.contiguous()  # a permuted view for axis 0/1: see "Two formulations"
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
+def _class_token_msa(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The spatial MSA's output at the class token only: h [V, T, N, D] -> [V, T, 1, D].
+
+    Queries from token 0, keys and values from all N tokens: row 0 of the full spatial MSA.
+    """
+    attn = block.attn
+    num_videos, num_frames, num_tokens, dim = h.shape
+    heads = attn.num_heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    flat = h.reshape(num_videos * num_frames, num_tokens, dim)  # [B, N, D]
+    q = F.linear(flat[:, :1], weight[:dim], None if bias is None else bias[:dim])  # [B, 1, D]
+    kv = F.linear(flat, weight[dim:], None if bias is None else bias[dim:])  # [B, N, 2D]
+    q = q.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, H, 1, hd]
+    k, v = (t.transpose(1, 2) for t in kv.unflatten(-1, (2, heads, -1)).unbind(2))  # [B, H, N, hd]
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(num_videos, num_frames, 1, dim)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def plain_block_forward(block: nn.Module, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """One frozen CLIP block on x [B, N, D] (batch first); CLIP's own forward for impl="reference".
+
+    CLIP's attention dropout is 0 and the backbone is frozen in eval mode, so there is no dropout to apply.
+    """
+    if _is_literal(impl):
+        return block(x)
+    x = x + block.ls_1(_msa(block, block.ln_1(x), axis=1, impl="auto"))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def adapted_block_forward(
-    block: nn.Module, adapters: VisualBlockAdapters, x: torch.Tensor, impl: str = "auto"
+    block: nn.Module,
+    adapters: VisualBlockAdapters,
+    x: torch.Tensor,
+    impl: str = "auto",
+    class_token_only: bool = False,
 ) -> torch.Tensor:
-    """One adapted block on x [V, T, N, D] (V videos of ONE set, T frames, N tokens). SPEC §2.3."""
+    """One adapted block on x [V, T, N, D] (V videos of ONE set, T frames, N tokens). SPEC §2.3.
+
+    class_token_only: return only token 0, [V, T, 1, D] (for the last block, whose other tokens nobody reads);
+    ignored for impl="reference", which always returns [V, T, N, D].
+    """
     ln1 = block.ln_1
     if adapters.t_adapter is not None:  # temporal: sequence = the T frames
         x = adapters.t_adapter(_msa(block, ln1(x), axis=1, impl=impl), base=x, impl=impl)
-    # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes, so a
-    # model running impl="triton" lets the dispatcher pick the spatial implementation itself.
-    spatial_impl = "reference" if impl == "reference" else "auto"
-    spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
+    if class_token_only and not _is_literal(impl):
+        spatial = block.ls_1(_class_token_msa(block, ln1(x)))
+        x = x[:, :, :1]
+    else:
+        # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes, so a
+        # model running impl="triton" lets the dispatcher pick the spatial implementation itself.
+        spatial_impl = "reference" if impl == "reference" else "auto"
+        spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
     x = adapters.s_adapter(spatial, base=x, impl=impl) if adapters.s_adapter is not None else x + spatial
     if adapters.task_adapter is not None:  # Task-MSA: sequence = the V videos of the set
         x = adapters.task_adapter(_msa(block, ln1(x), axis=0, impl=impl), base=x, impl=impl)
@@ -87,11 +151,13 @@ class TaskAdaptedVisual(nn.Module):
                 f"{self.image_size}x{self.image_size}"
             )
 
-    def encode_prefix(self, visual: nn.Module, videos: torch.Tensor) -> torch.Tensor:
+    def encode_prefix(self, visual: nn.Module, videos: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         """Patch embedding, temporal embedding, ln_pre and the frozen blocks before the first adapted one.
 
         videos: [V, T, 3, S, S] -> tokens [V, T, N, D]. Per-video (no cross-video interaction), so its
-        output can be cached per video at evaluation time.
+        output can be cached per video at evaluation time. The temporal embedding is added before the
+        frozen blocks, so training backpropagates through them (input gradients only): they cannot run
+        under no_grad unless the model has no temporal embedding, and then autograd records nothing here anyway.
         """
         self.check_videos(videos)
         num_videos, num_frames = videos.shape[:2]
@@ -106,12 +172,13 @@ class TaskAdaptedVisual(nn.Module):
         x = visual.ln_pre(x)
         flat = x.flatten(0, 1)  # [V*T, N, D]
         for block in visual.transformer.resblocks[: self.first_adapted]:
-            flat = block(flat)
+            flat = plain_block_forward(block, flat, impl=impl)
         return flat.view_as(x)
 
     def encode_suffix(self, visual: nn.Module, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         """Adapted blocks (Task-MSA across the V videos of the set) and the head: [V, T, N, D] -> [V, T, E]."""
         for i in range(self.first_adapted, self.depth):
-            x = adapted_block_forward(visual.transformer.resblocks[i], self.adapters[str(i)], x, impl=impl)
+            block, adapters = visual.transformer.resblocks[i], self.adapters[str(i)]
+            x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=i == self.depth - 1)
         cls = visual.ln_post(x[:, :, 0])  # [V, T, D]
         return cls @ visual.proj if visual.proj is not None else cls

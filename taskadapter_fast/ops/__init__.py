@@ -15,6 +15,7 @@ from .dispatch import (
     IMPLS,
     SHORT_ATTENTION_IMPLS,
     Implementation,
+    requested_impl,
     select,
     validate_fused_adapter,
     validate_short_attention,
@@ -64,6 +65,7 @@ __all__ = [
     "Implementation",
     "fused_adapter",
     "fused_adapter_ref",
+    "requested_impl",
     "short_attention",
     "short_attention_ref",
 ]

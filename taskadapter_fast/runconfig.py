@@ -1,0 +1,333 @@
+"""The full run configuration: `model` (ModelConfig) + `data` + `train`, built from a preset, a config file
+and dotted command-line overrides. Unknown keys and ill-typed values are errors naming the key.
+
+Precedence, lowest first: the dataclass defaults (the paper's protocol, SPEC §7) < the preset
+(`--preset NAME`; with neither `--preset` nor `--config` the embedded `demo` preset) < the config
+file (`--config FILE`, YAML or JSON, the same tree as `config.yaml` in a run directory) < dotted
+overrides (`train.lr=0.01`, `data.n_way=10`, `model.adapter_layers=4`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ModelConfig, apply_override, load_config_file, load_preset, parse_override
+
+DEFAULT_PRESET = "demo"
+DATASETS = ("synthetic", "splits")
+SPLIT_FORMATS = ("auto", "official", "trx", "clipfsar", "folder", "manifest")
+DECODERS = ("auto", "pyav", "dali_cpu", "dali_gpu")
+SCHEDULES = ("constant", "step", "cosine")
+AMP_MODES = ("none", "bf16")
+SECTIONS = ("model", "data", "train")
+
+
+@dataclass
+class SyntheticConfig:
+    """Generation parameters of the built-in synthetic dataset (`make_synthetic_dataset`)."""
+
+    seed: int = 0
+    videos_per_class: int = 8
+    min_frames: int = 16
+    max_frames: int = 24
+    size: int = 64
+    noise: float = 8.0
+    distractors: int = 2
+    jpeg_quality: int = 95
+
+
+@dataclass
+class DataConfig:
+    """Where episodes come from and their shape (C-way K-shot, Q queries per class)."""
+
+    dataset: str = "splits"  # splits: the split files below | synthetic: the built-in dataset (generated once)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    train_split: str | None = None  # split file (official/TRX/CLIP-FSAR list), folder-per-class dir or manifest
+    val_split: str | None = None
+    test_split: str | None = None
+    root: str | None = None  # relative video paths start here (synthetic: the dataset folder; None = cache)
+    corpus: str | None = None  # sub-action corpus (official YAML or JSON); synthetic: its own corpus
+    format: str = "auto"
+    class_names: str | None = None  # names file for index-only lists (see data.splits.load_class_names)
+    decoder: str = "auto"
+    n_way: int = 5
+    n_shot: int = 1
+    n_query: int = 1
+    image_size: int | None = None  # None: the backbone's input size
+    prefetch: int = 2  # episodes decoded ahead in a background thread
+
+    def validate(self) -> None:
+        _check_choice("data.dataset", self.dataset, DATASETS)
+        _check_choice("data.format", self.format, SPLIT_FORMATS)
+        _check_choice("data.decoder", self.decoder, DECODERS)
+        for name in ("n_way", "n_shot", "n_query"):
+            _check_min(f"data.{name}", getattr(self, name), 1)
+        _check_min("data.prefetch", self.prefetch, 0)
+        if self.image_size is not None:
+            _check_min("data.image_size", self.image_size, 1)
+        if self.dataset == "splits":
+            missing = [f"data.{s}" for s in ("train_split", "val_split", "test_split") if not getattr(self, s)]
+            if missing:
+                raise ValueError(
+                    f"data.dataset=splits needs {', '.join(missing)} (split files of your dataset), "
+                    "or use the built-in data: data.dataset=synthetic"
+                )
+            if self.corpus is None:
+                raise ValueError("data.dataset=splits needs data.corpus (the sub-action corpus file)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and protocol. Defaults are the paper's (SPEC §7): 10 x 1000 episodes, SGD lr 1e-3."""
+
+    seed: int = 0  # training episodes, augmentation and adapter initialisation
+    eval_seed: int = 1234  # validation and test episodes: fixed, so runs with other seeds see the same ones
+    epochs: int = 10
+    episodes_per_epoch: int = 1000  # training episodes per epoch, over all ranks
+    val_episodes: int = 1000
+    test_episodes: int = 10000
+    warmup_epochs: int = 0  # no validation before this many epochs are done
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant (the official run's effective schedule) | step | cosine
+    milestones: list[float] = field(default_factory=list)  # step: epochs at which lr *= gamma
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine: the final learning rate
+    accumulate: int = 1  # episodes per optimizer step (per rank)
+    amp: str = "none"  # none | bf16 (autocast where the device supports it)
+    compile: bool = False  # torch.compile the model's forward
+    grad_checkpoint: bool = False  # recompute the adapted blocks in the backward pass
+    save_every: int = 50  # episodes between resumable state saves (also at every epoch end)
+    log_every: int = 10  # episodes between metric lines
+    cpu_threads: int | None = None  # torch intra-op threads on a CPU run (None: torch's default); 1 is
+    # faster on a shared or small CPU, where spinning worker threads compete with the episode decoders
+    eval_cache: bool = True  # frozen-prefix and class-text caches at validation and test
+    untrained_baseline: bool = True  # also test the untrained model on the same test episodes
+
+    def validate(self) -> None:
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_choice("train.amp", self.amp, AMP_MODES)
+        for name in ("epochs", "episodes_per_epoch", "accumulate", "save_every", "log_every"):
+            _check_min(f"train.{name}", getattr(self, name), 1)
+        for name in ("val_episodes", "test_episodes", "warmup_epochs"):
+            _check_min(f"train.{name}", getattr(self, name), 0)
+        for name in ("lr", "momentum", "weight_decay", "gamma", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.cpu_threads is not None:
+            _check_min("train.cpu_threads", self.cpu_threads, 1)
+        if self.lr == 0:
+            raise ValueError("train.lr must be > 0")
+        if self.episodes_per_epoch % self.accumulate:
+            raise ValueError(
+                f"train.episodes_per_epoch={self.episodes_per_epoch} must be a multiple of "
+                f"train.accumulate={self.accumulate}"
+            )
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"train.milestones must be increasing, got {self.milestones}")
+        if self.schedule == "step" and not self.milestones:
+            raise ValueError("train.schedule=step needs train.milestones (epochs), e.g. train.milestones=[4,8]")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, tree: dict[str, Any]) -> RunConfig:
+        """A (possibly partial) tree over the defaults; every key and value is checked."""
+        if not isinstance(tree, dict):
+            raise ValueError(f"a run config must be a mapping with sections {SECTIONS}, got {type(tree).__name__}")
+        unknown = sorted(set(tree) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; known sections: {list(SECTIONS)}")
+        config = cls(
+            model=_build(ModelConfig, tree.get("model") or {}, "model"),
+            data=_build(DataConfig, tree.get("data") or {}, "data"),
+            train=_build(TrainConfig, tree.get("train") or {}, "train"),
+        )
+        config.validate()
+        return config
+
+
+# ------------------------------------------------------------------------------------------------ typing
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_min(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """value converted to the field type `hint`, or a ValueError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {hint}")
+    if hint is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    raise ValueError(f"{key}: unsupported field type {hint}")
+
+
+def _build(cls: type, data: Any, section: str):
+    """cls(**data) with unknown keys rejected and every value converted to its field's type."""
+    if isinstance(data, cls):
+        return copy.deepcopy(data)
+    if not isinstance(data, dict):
+        raise ValueError(f"{section} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        keys = ", ".join(f"{section}.{k}" for k in unknown)
+        raise ValueError(f"unknown config key(s) {keys}; known keys of {section}: {', '.join(known)}")
+    values = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """base updated recursively by update (dicts merge, everything else replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "metric_options":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def preset_tree(name: str) -> dict[str, Any]:
+    tree = load_preset(name)
+    unknown = sorted(set(tree) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"preset {name!r} has unknown section(s) {unknown}; known sections: {list(SECTIONS)}")
+    return tree
+
+
+def resolve_run_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    tree: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < preset (default `demo` when no preset and no config file) < config file < tree < overrides."""
+    merged: dict[str, Any] = {}
+    if preset is None and config_file is None and tree is None:
+        preset = DEFAULT_PRESET
+    if preset is not None:
+        merged = _merge(merged, preset_tree(preset))
+    if config_file is not None:
+        merged = _merge(merged, load_config_file(config_file))
+    if tree is not None:
+        merged = _merge(merged, tree)
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in SECTIONS:
+            raise ValueError(
+                f"override {text!r}: unknown section {parts[0]!r}; keys look like model.X, data.X or train.X"
+            )
+        apply_override(merged, parts, value)
+    return RunConfig.from_dict(merged)
+
+
+def run_config_from_json(text: str) -> RunConfig:
+    """The `run_config` metadata of a training checkpoint -> RunConfig."""
+    return RunConfig.from_dict(json.loads(text))
+
+
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "preset_tree",
+    "resolve_run_config",
+    "run_config_from_json",
+]

@@ -1,0 +1,86 @@
+"""Data-parallel training: 2 real processes (torchrun, gloo on CPU) train exactly what one process
+accumulating the same two episodes per step trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from taskadapter_fast.runconfig import resolve_run_config
+from taskadapter_fast.trainer import train
+
+
+def overrides(root) -> list[str]:
+    return [
+        "model.clip_model=taf-tiny-ViT",
+        f"data.root={root}",
+        "data.synthetic.videos_per_class=3",
+        "data.synthetic.min_frames=8",
+        "data.synthetic.max_frames=10",
+        "data.synthetic.size=32",
+        "data.synthetic.distractors=0",
+        "data.prefetch=1",
+        "train.epochs=1",
+        "train.episodes_per_epoch=6",
+        "train.val_episodes=3",
+        "train.test_episodes=3",
+        "train.lr=0.5",
+        "train.log_every=2",
+    ]
+
+
+def read_adapters(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path):
+    root = tmp_path / "data"
+    single = resolve_run_config(overrides=[*overrides(root), "train.accumulate=2"])
+    train(single, tmp_path / "single", device="cpu", progress=False)  # also generates the dataset
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "-m",
+        "taskadapter_fast.train",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        *overrides(root),
+        "train.accumulate=1",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+    expected = read_adapters(tmp_path / "single" / "last.safetensors")
+    got = read_adapters(tmp_path / "ddp" / "last.safetensors")
+    assert set(expected) == set(got)
+    moved = 0
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+        moved += not torch.equal(tensor, read_adapters(tmp_path / "single" / "untrained.safetensors")[name])
+    assert moved > 0  # the comparison is not between two untouched models
+
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    one = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["optimizer_steps"] == one["optimizer_steps"] == 3
+    assert ddp["train_episodes"] == 6
+    # validation and test episodes are split over the ranks and merged back in order
+    assert len(ddp["test_per_episode"]) == 3 and len(ddp["val_history"]) == 1
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in records if r["kind"] == "train"] == [2, 4, 6]  # one writer: no duplicates

@@ -6,7 +6,22 @@ imported (torch.compile imports it too): here, before any test module is collect
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_source_tree(tmp_path_factory):
+    """Run every test (and the `python -m taskadapter_fast...` subprocesses it starts) from an empty folder.
+
+    From the repository root, `python -m`/`python -c` would import the source tree's `taskadapter_fast`
+    (without its built extension and without `taskadapter_fast.kernels`, which setup.py maps from
+    kernels/) instead of the installed package the tests are meant to check.
+    """
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)

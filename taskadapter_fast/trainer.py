@@ -4,8 +4,8 @@
 writes to `output_dir/results.json`:
 
 1. data: the built-in synthetic dataset (generated once into a cache) or the user's split files;
-2. model: `torch.manual_seed(train.seed)` then `create_model(run.model)` (so a randomly initialised
-   backbone is a function of the seed, and `build_model` rebuilds it exactly for evaluation);
+2. model: `create_model(run.model)` after `torch.manual_seed(train.seed)` (a random backbone comes from
+   `model.init_seed`, the adapters' initialisation from `train.seed`);
 3. training: SGD over episodes drawn by index from the sampler (rank r of W takes the global
    episodes i*W + r; `train.accumulate` episodes per rank and optimizer step; gradients averaged
    over all of them), validation on the val classes after the warm-up epochs, the best validation
@@ -162,8 +162,8 @@ def prepare_data(run: RunConfig) -> RunData:
 
 
 def build_model(run: RunConfig, device: torch.device | str | None = None):
-    """The run's model before training: the backbone (random when `model.pretrained` is None) is seeded by
-    `train.seed`, so this rebuilds exactly the model a run started from (its adapters come from a checkpoint)."""
+    """The run's model before training. A backbone without pretrained weights is drawn from `model.init_seed`
+    (inside create_model); the adapters' initialisation is drawn from `train.seed`, seeded here."""
     from .api import create_model
 
     torch.manual_seed(run.train.seed)
@@ -433,7 +433,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     episodes = [r["episode"] for r in train_rows]
     ax_loss.plot(episodes, [r["loss"] for r in train_rows], color="tab:red")
     ax_loss.set(xlabel="training episode", ylabel="loss", title="training loss")
-    ax_acc.plot(episodes, [r["accuracy"] for r in train_rows], label="train (running)", color="tab:blue")
+    ax_acc.plot(episodes, [r["accuracy"] for r in train_rows], label="train (log interval)", color="tab:blue")
     if val_rows:
         ax_acc.errorbar(
             [r["episode"] for r in val_rows],
@@ -642,7 +642,16 @@ def train(
     output_dir: the run directory (default `runs/<timestamp>`). resume: a run directory to continue.
     device: "auto" (default: this rank's GPU, else the CPU), "cpu", "cuda", "cuda:1", ...
     Under `torchrun` (WORLD_SIZE > 1) every rank calls this; only rank 0 writes.
+    `train.cpu_threads` applies for the duration of the call only.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(run_config, output_dir, resume, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
     session_start = time.perf_counter()
     dist_info = init_distributed(None if device is None else str(device))
     if dist_info.enabled and output_dir is None and resume is None:

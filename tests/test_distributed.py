@@ -25,6 +25,8 @@ def overrides(root) -> list[str]:
         "data.synthetic.size=32",
         "data.synthetic.distractors=0",
         "data.prefetch=1",
+        "train.warmup_epochs=0",
+        "train.cpu_threads=1",
         "train.epochs=1",
         "train.episodes_per_epoch=6",
         "train.val_episodes=3",

@@ -456,10 +456,10 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_cli(args, run_fn) -> int:
+    """Run a command; bad input ends it with a one-line reason (exit 2 usage, 1 other errors), no traceback."""
     try:
-        return run(args)
+        return run_fn(args)
     except UsageError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
@@ -469,6 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

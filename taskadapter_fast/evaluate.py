@@ -456,8 +456,13 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
-def run_cli(args, run_fn) -> int:
-    """Run a command; bad input ends it with a one-line reason (exit 2 usage, 1 other errors), no traceback."""
+def run_cli(args, run_fn, interrupted: str = "interrupted") -> int:
+    """Run a command; bad input ends it with a one-line reason (exit 2 usage, 1 other errors), no traceback.
+
+    TAF_TRACEBACK=1 in the environment lets errors propagate with their traceback instead.
+    """
+    if os.environ.get("TAF_TRACEBACK", "") not in ("", "0"):
+        return run_fn(args)
     try:
         return run_fn(args)
     except UsageError as error:
@@ -467,7 +472,7 @@ def run_cli(args, run_fn) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return 130
 
 

@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args) -> int:
+    from .runconfig import resolve_run_config
+    from .trainer import train
+
     flags = []
     if args.seed is not None:
         flags.append(f"train.seed={args.seed}")
@@ -83,26 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             flags.append(f"data.{key}={getattr(args, name)}")
     if args.compile:
         flags.append("train.compile=true")
-    prog = "python -m taskadapter_fast.train"
-    try:
-        from .runconfig import resolve_run_config
-        from .trainer import train
-
-        if args.resume is not None:
-            if args.preset or args.config or flags or args.overrides:
-                raise ValueError("--resume keeps the run's own config; drop --preset/--config/--seed/overrides")
-            run_config = None
-        else:
-            run_config = resolve_run_config(args.preset, args.config, [*flags, *args.overrides])
-        train(run_config, args.output_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+    if args.resume is not None:
+        if args.preset or args.config or flags or args.overrides:
+            raise ValueError("--resume keeps the run's own config; drop --preset/--config/--seed/overrides")
+        run_config = None
+    else:
+        run_config = resolve_run_config(args.preset, args.config, [*flags, *args.overrides])
+    train(run_config, args.output_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .evaluate import run_cli
+
+    return run_cli(build_parser().parse_args(argv), run, interrupted="interrupted (resume with --resume RUN_DIR)")
 
 
 if __name__ == "__main__":

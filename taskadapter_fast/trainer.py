@@ -222,32 +222,8 @@ def amp_context(amp: str, device: torch.device):
 
 
 def enable_grad_checkpointing(model) -> None:
-    """Recompute each adapted visual block in the backward pass instead of keeping its activations.
-
-    Replaces this model instance's `visual.encode_suffix` with a version that runs every adapted block
-    through `torch.utils.checkpoint` while gradients are on; same maths, less memory.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    from .model.visual import adapted_block_forward
-
-    branch = model.visual
-
-    def encode_suffix(visual, x, impl="auto"):
-        # Mirrors TaskAdaptedVisual.encode_suffix, with each adapted block wrapped in a checkpoint.
-        for i in range(branch.first_adapted, branch.depth):
-            block, adapters = visual.transformer.resblocks[i], branch.adapters[str(i)]
-            last = i == branch.depth - 1
-            if torch.is_grad_enabled():
-                x = checkpoint(
-                    adapted_block_forward, block, adapters, x, impl, class_token_only=last, use_reentrant=False
-                )
-            else:
-                x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=last)
-        cls = visual.ln_post(x[:, :, 0])  # [V, T, D]
-        return cls @ visual.proj if visual.proj is not None else cls
-
-    branch.encode_suffix = encode_suffix
+    """Recompute each adapted visual block in the backward pass instead of keeping its activations."""
+    model.visual.checkpoint_blocks = True
 
 
 # ------------------------------------------------------------------------------------------------ state

@@ -25,3 +25,16 @@ def _outside_the_source_tree(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`).
+
+    On a small CPU shared with other work, OpenMP threads waiting on each other (and on the decode threads)
+    made the same work up to 10x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

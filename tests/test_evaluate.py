@@ -23,14 +23,7 @@ SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 
 TRAIN_SEED, EVAL_SEED = 3, 11
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other work, OpenMP threads waiting on each other
-    (and on the decode threads) made the same work up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_like(model):

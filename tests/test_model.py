@@ -263,6 +263,28 @@ def _with_params(module, state, call):
             owner._parameters[attr] = param
 
 
+def _scores_and_grads(model, episode):
+    support, labels, query, query_labels, names = episode
+    model.zero_grad(set_to_none=True)
+    scores = model(support, labels, query, names, make_corpus(3))
+    model.loss(scores, query_labels).backward()
+    return scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_restructured_visual_path_equals_the_literal_one(episode):
+    """impl="auto" on CPU runs the restructured visual formulation (explicit frozen attention, class token only
+    past the last spatial MSA); impl="reference" runs CLIP's own blocks. Same function, same gradients."""
+    literal = randomize_adapters(tiny(seed=4, impl="reference")).train()
+    restructured = randomize_adapters(tiny(seed=4, impl="auto")).train()
+    scores_ref, grads_ref = _scores_and_grads(literal, episode)
+    scores, grads = _scores_and_grads(restructured, episode)
+    torch.testing.assert_close(scores, scores_ref, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == grads_ref.keys() and len(grads) > 0
+    for name, grad in grads_ref.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert (grads[name] - grad).abs().max() / scale < 1e-4, name
+
+
 def test_sgd_steps_lower_the_loss(episode):
     model = tiny(seed=2).train()
     support, labels, query, query_labels, names = episode

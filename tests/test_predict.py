@@ -24,14 +24,7 @@ SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 
 TRAIN_SEED = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other work, OpenMP threads waiting on each other
-    (and on the decode threads) made the same work up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -102,12 +102,12 @@ class TaskAdapterPP(nn.Module):
     # ----------------------------------------------------------------------------------------- encoders
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """videos: [V, T, 3, S, S] normalised frames of ONE set (Task-MSA runs across its V videos) -> [V, T, E]."""
-        tokens = self.visual.encode_prefix(self.clip.visual, videos)
+        tokens = self.visual.encode_prefix(self.clip.visual, videos, impl=self.impl)
         return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl)
 
     def encode_video_prefix(self, videos: torch.Tensor) -> torch.Tensor:
         """The per-video frozen part: [V, T, 3, S, S] -> tokens [V, T, N, D] (cacheable at evaluation)."""
-        return self.visual.encode_prefix(self.clip.visual, videos)
+        return self.visual.encode_prefix(self.clip.visual, videos, impl=self.impl)
 
     def encode_from_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [V, T, N, D] of one set from `encode_video_prefix` -> features [V, T, E]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from .adapters import VisualBlockAdapters
@@ -19,16 +20,36 @@ def _is_literal(impl: str) -> bool:
 # frozen blocks, every token through every adapted block, the readable baseline (and the official code's
 # structure). Every other impl ("auto", "triton") runs the restructured one below, which computes the same
 # function with less work on CPU and GPU alike:
-# - frozen blocks as explicit in-proj -> attention -> out-proj on contiguous tensors instead of
-#   nn.MultiheadAttention, whose batch_first transpose hands F.linear a non-contiguous [N, B, D] input that
-#   CPU autocast turns into a batched matmul with the weight expanded and copied B times (bit-identical
-#   results: fp32 and bf16 autocast, ViT-B/16, 2-core EPYC);
-# - the attention output is made contiguous before the out-projection (same pathology for the T-MSA and
+# - frozen blocks as explicit in-proj -> SDPA -> out-proj on contiguous tensors instead of nn.MultiheadAttention,
+#   whose batch_first transpose hands F.linear a non-contiguous [N, B, D] input that CPU autocast turns into a
+#   batched matmul with the weight expanded and copied B times;
+# - the attention output is made contiguous before the out-projection (the same pathology for the T-MSA and
 #   Task-MSA outputs, which are permuted views);
 # - in the last block only the class token is computed past the spatial MSA (the head reads only it, and the
-#   spatial MSA is the only step that mixes token positions); exact maths, different rounding of those rows.
-# NOTE (2-core AMD EPYC with AVX-512 bf16, shared and loaded, torch 2.14.1 CPU): see
-# benchmarks/test_bench_model.py ("cpu-visual-step") for the measured step times of both formulations.
+#   spatial MSA is the only step that mixes token positions): 7.5% fewer FLOPs in the forward and backward.
+# The first two are bit-identical to the literal formulation in training (fp32 and bf16 autocast; under no_grad
+# nn.MultiheadAttention takes its own fused path, ~7e-7 away); the third is exact maths with different rounding
+# of the class-token rows: fp32 tiny-model losses within 1.3e-6 of the literal ones over 5 SGD steps, the
+# ViT-B/16 cpu-visual-step loss bit-identical and its gradients within 6e-7 (relative to their max).
+# NOTE (measured 2026-11-25: 2-core AMD EPYC with AVX-512 bf16, shared with other jobs, torch 2.14.1 CPU). The
+# issue's CPU case, the visual training step (3 videos x 8 frames, ViT-B/16 random init, L = 6, fwd + bwd into
+# E_t and the adapters; benchmarks/test_bench_model.py, cpu-visual-step / cpu-target), the four variants
+# interleaved in every round, ratios paired per round against the literal fp32 step (median of 5 rounds,
+# OMP_NUM_THREADS=1, where the numbers are stable): literal fp32 31.7 s; restructured fp32 26.8 s (1.20x,
+# 1.01-1.25); literal bf16 autocast 19.0 s (1.67x; the issue quotes 2.7x for autocast alone); restructured bf16
+# autocast 14.7 s (2.16x, 2.03-2.23). Two threads on the 2 cores while idle: 16.4 / 15.0 / 10.7 / 7.5 s
+# (1.09x / 1.54x / 2.18x). Inference (no_grad, 2 videos, 1 thread): bf16 5.1 s against 11.2 s literal.
+# The issue's 3x (bf16 vs the fp32 literal step) is out of reach here: in the profile of the restructured bf16
+# step (1 thread), 72% is GEMMs already at ~175 GFLOP/s, one Zen 4 core's avx512_bf16 peak, only 2x its fp32 FMA
+# peak; the spatial attention (SDPA's CPU flash kernel, backward at ~40 GFLOP/s) is 16%. The GEMMs alone, 10.6 s,
+# bound the ratio at about 2.9x against 31 s even if everything else were free.
+# Tried and dropped (same measurement): explicit softmax(QK^T)V for the 197-token spatial attention is 2x faster
+# than SDPA in bf16, but its bf16-rounded scores fail DESIGN's 2x rule, and with fp32 scores it is slower than
+# SDPA; SDPA in fp32 inside the bf16 step gains ~1.5% of the step; inductor (torch.compile) over the restructured
+# bf16 step: 22.1 s against 22.8 s eager (2 loaded threads) after a 110 s compile. The frozen prefix cannot run
+# under no_grad: E_t is added before it, so its gradient flows back through all six frozen blocks (about a fifth
+# of the step's FLOPs goes to that 6,144-number gradient). LN1 runs three times on three different inputs (x
+# changes after every MSA), so there is nothing to share.
 
 
 def _msa(block: nn.Module, h: torch.Tensor, axis: int, impl: str) -> torch.Tensor:
@@ -62,11 +83,17 @@ def _class_token_msa(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
 def plain_block_forward(block: nn.Module, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """One frozen CLIP block on x [B, N, D] (batch first); CLIP's own forward for impl="reference".
 
-    CLIP's attention dropout is 0 and the backbone is frozen in eval mode, so there is no dropout to apply.
+    The same in-projection, SDPA call and out-projection as nn.MultiheadAttention, on contiguous tensors, so the
+    result is CLIP's bit for bit (fp32 and bf16 autocast, on this CPU). CLIP's attention dropout is 0 and the
+    frozen backbone runs in eval mode, so there is no dropout to apply.
     """
     if _is_literal(impl):
         return block(x)
-    x = x + block.ls_1(_msa(block, block.ln_1(x), axis=1, impl="auto"))
+    attn = block.attn
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [B, N, 3D]
+    q, k, v = (t.transpose(1, 2) for t in qkv.unflatten(-1, (3, attn.num_heads, -1)).unbind(2))  # [B, H, N, hd]
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)  # [B, N, D]
+    x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -135,6 +162,9 @@ class TaskAdaptedVisual(nn.Module):
                 for i in range(self.first_adapted, self.depth)
             }
         )
+        # Gradient checkpointing of the adapted blocks: recompute each one in the backward pass instead of
+        # keeping its activations (same maths, less memory; the trainer's train.grad_checkpointing sets it).
+        self.checkpoint_blocks = False
 
     def check_videos(self, videos: torch.Tensor) -> None:
         if videos.dim() != 5 or videos.shape[2] != 3:
@@ -179,6 +209,12 @@ class TaskAdaptedVisual(nn.Module):
         """Adapted blocks (Task-MSA across the V videos of the set) and the head: [V, T, N, D] -> [V, T, E]."""
         for i in range(self.first_adapted, self.depth):
             block, adapters = visual.transformer.resblocks[i], self.adapters[str(i)]
-            x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=i == self.depth - 1)
+            last = i == self.depth - 1
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(
+                    adapted_block_forward, block, adapters, x, impl, class_token_only=last, use_reentrant=False
+                )
+            else:
+                x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=last)
         cls = visual.ln_post(x[:, :, 0])  # [V, T, D]
         return cls @ visual.proj if visual.proj is not None else cls

@@ -9,6 +9,32 @@ import importlib
 
 __version__ = "0.1.0"
 
+
+def _installed_fallback() -> None:
+    """From a source checkout (e.g. `python -m taskadapter_fast.train` in the repository root after `pip install .`),
+    Python imports this source tree, which holds neither the built C++ extension (`_episodes`) nor
+    `taskadapter_fast.kernels` (setup.py installs the top-level kernels/ under that name). Let submodules missing
+    here come from the installed copy: source modules first, the installed package's folder after them.
+    """
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    if not ((here.parent / "setup.py").is_file() and (here.parent / "kernels").is_dir()):
+        return  # an installed package
+    import sys
+
+    for entry in sys.path:
+        try:
+            installed = (Path(entry or ".") / "taskadapter_fast").resolve()
+        except OSError:
+            continue
+        if installed != here and (installed / "__init__.py").is_file():
+            __path__.append(str(installed))
+            return
+
+
+_installed_fallback()
+
 _EXPORTS = {
     "ModelConfig": "config",
     "preset_names": "config",

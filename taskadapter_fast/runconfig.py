@@ -106,6 +106,7 @@ class TrainConfig:
     accumulate: int = 1  # episodes per optimizer step (per rank)
     amp: str = "none"  # none | bf16 (autocast where the device supports it)
     compile: bool = False  # torch.compile the model's forward
+    compile_backend: str = "inductor"  # torch.compile backend (any name torch._dynamo.list_backends knows)
     grad_checkpoint: bool = False  # recompute the adapted blocks in the backward pass
     save_every: int = 50  # episodes between resumable state saves (also at every epoch end)
     log_every: int = 10  # episodes between metric lines
@@ -124,6 +125,11 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "gamma", "min_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.compile:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            _check_choice("train.compile_backend", self.compile_backend, tuple(backends))
         if self.cpu_threads is not None:
             _check_min("train.cpu_threads", self.cpu_threads, 1)
         if self.lr == 0:

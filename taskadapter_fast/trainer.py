@@ -699,7 +699,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
             file=sys.stderr,
         )
 
-    forward = torch.compile(model) if tcfg.compile else model
+    forward = torch.compile(model, backend=tcfg.compile_backend) if tcfg.compile else model
     amp_ctx = amp_context(tcfg.amp, device)
 
     def checkpoint_state() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +120,27 @@ def test_extension_present_when_required():
         assert not EXT_MISSING, f"TAF_REQUIRE_EXT=1 but the C++ extension failed to import: {sampler_module._EXT_ERROR}"
     elif EXT_MISSING:
         pytest.skip("C++ extension not built and TAF_REQUIRE_EXT is not 1")
+
+
+@NEEDS_EXT
+def test_source_checkout_still_gets_the_built_extension_and_kernels():
+    """The README runs `python -m taskadapter_fast.train` in the repository root after `pip install .`: Python then
+    imports the source tree, which has no built extension and no taskadapter_fast.kernels (setup.py maps kernels/
+    there); both must come from the installed copy instead of silently falling back."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "setup.py").is_file():
+        pytest.skip(f"the tests are not in a source checkout ({repo} has no setup.py)")
+    code = (
+        "import taskadapter_fast, taskadapter_fast.data.sampler as s, importlib.util as u;"
+        "print(taskadapter_fast.__file__); print(s._ext is not None);"
+        "print(u.find_spec('taskadapter_fast.kernels') is not None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    location, has_ext, has_kernels = proc.stdout.split()
+    assert Path(location).resolve().is_relative_to(repo), location  # the source tree was imported
+    assert has_ext == "True" and has_kernels == "True", proc.stdout
 
 
 @NEEDS_EXT

@@ -316,6 +316,29 @@ def test_accumulation_equals_the_mean_gradient_step(small_run, pieces, tmp_path)
     assert not torch.equal(trained["visual.temporal_embedding"], torch.zeros_like(trained["visual.temporal_embedding"]))
 
 
+def test_compiled_training_equals_eager_training(small_run, tmp_path):
+    """train.compile=true trains through torch.compile (aot_eager here: Dynamo + AOTAutograd, the tracing that
+    breaks on untraceable model code, without inductor's minutes of C++ builds on a CPU) to the eager weights."""
+    trained = {}
+    for name, flags in (("eager", {}), ("compiled", {"compile": True, "compile_backend": "aot_eager"})):
+        tree = small_run.to_dict()
+        tree["train"].update(epochs=1, episodes_per_epoch=3, val_episodes=0, test_episodes=0, lr=0.5, **flags)
+        train(RunConfig.from_dict(tree), tmp_path / name, device="cpu", progress=False)
+        trained[name] = read_adapters(tmp_path / name / "last.safetensors")
+    torch.compiler.reset()
+    untrained = read_adapters(tmp_path / "eager" / "untrained.safetensors")
+    for key, tensor in trained["eager"].items():
+        torch.testing.assert_close(trained["compiled"][key], tensor, rtol=1e-4, atol=1e-6, msg=key)
+    assert any(not torch.equal(t, untrained[k]) for k, t in trained["eager"].items())
+
+
+def test_bad_compile_backend_is_rejected(small_run):
+    tree = small_run.to_dict()
+    tree["train"].update(compile=True, compile_backend="nope")
+    with pytest.raises(ValueError, match="train.compile_backend must be one of .*got 'nope'"):
+        RunConfig.from_dict(tree)
+
+
 # ------------------------------------------------------------------------------------------------ real runs
 @pytest.fixture(scope="module")
 def reference_run(small_run, tmp_path_factory):

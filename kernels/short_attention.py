@@ -62,6 +62,59 @@ def _row_offsets(b0, b1, b2, pos, stride_b0, stride_b1, stride_b2, stride_l):
     return b0 * stride_b0 + b1 * stride_b1 + b2 * stride_b2 + pos.to(tl.int64) * stride_l
 
 
+@triton.jit
+def _tile_rows(
+    num_seqs,
+    seq_len,
+    num_heads,
+    head_dim,
+    batch_size1,
+    batch_size2,
+    SEQS_PER_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """This program's head and the rows of its tile: (head, local_seq, pos, row_ok, cols, mask, b0, b1, b2).
+
+    Row r of the tile is position `pos` of the tile's sequence `local_seq`; `mask` marks the valid
+    (row, channel) entries of a [BLOCK_M, BLOCK_D] head slice.
+    """
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    tile = pid // num_heads
+    rows = tl.arange(0, BLOCK_M)
+    local_seq = rows // seq_len
+    pos = rows % seq_len
+    seq = tile * SEQS_PER_TILE + local_seq
+    row_ok = (local_seq < SEQS_PER_TILE) & (seq < num_seqs)
+    cols = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (cols < head_dim)[None, :]
+    b0, b1, b2 = _batch_coords(seq, batch_size1, batch_size2)
+    return head, local_seq, pos, row_ok, cols, mask, b0, b1, b2
+
+
+@triton.jit
+def _load_head(ptr, row_offsets, col0, cols, stride_c, mask, COMPUTE_DTYPE: tl.constexpr, RTNE_BF16: tl.constexpr):
+    """One head's [BLOCK_M, BLOCK_D] slice (channels col0 + cols), cast to the compute dtype."""
+    col_offsets = (col0 + cols).to(tl.int64) * stride_c
+    return cast(
+        tl.load(ptr + row_offsets[:, None] + col_offsets[None, :], mask=mask, other=0.0), COMPUTE_DTYPE, RTNE_BF16
+    )
+
+
+@triton.jit
+def _probabilities(q, k, scale_log2e, local_seq, row_ok, DOT_DTYPE: tl.constexpr):
+    """softmax(q k^T * scale) within each sequence of the tile, fp32 [BLOCK_M, BLOCK_M].
+
+    Scores are in log2 units; only pairs inside one sequence survive the block-diagonal mask.
+    """
+    scores = dot(q, tl.trans(k), None, DOT_DTYPE) * scale_log2e
+    same_seq = (local_seq[:, None] == local_seq[None, :]) & row_ok[None, :]
+    scores = tl.where(same_seq, scores, -1.0e30)
+    probs = tl.exp2(scores - tl.max(scores, axis=1)[:, None])
+    return probs / tl.sum(probs, axis=1)[:, None]
+
+
 # NOTE (measurements): no performance number has been measured for these kernels yet; no GPU was
 # available when they were written. Verified for correctness only, on a 2-core x86 CPU (AMD EPYC,
 # torch 2.14.1, triton 3.8.0) through Triton's interpreter, whose timings are not performance
@@ -97,34 +150,15 @@ def _short_attention_fwd_kernel(
     DOT_DTYPE: tl.constexpr,
     RTNE_BF16: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    head = pid % num_heads
-    tile = pid // num_heads
-
-    rows = tl.arange(0, BLOCK_M)
-    local_seq = rows // seq_len
-    pos = rows % seq_len
-    seq = tile * SEQS_PER_TILE + local_seq
-    row_ok = (local_seq < SEQS_PER_TILE) & (seq < num_seqs)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < head_dim
-
-    b0, b1, b2 = _batch_coords(seq, batch_size1, batch_size2)
+    head, local_seq, pos, row_ok, cols, mask, b0, b1, b2 = _tile_rows(
+        num_seqs, seq_len, num_heads, head_dim, batch_size1, batch_size2, SEQS_PER_TILE, BLOCK_M, BLOCK_D
+    )
     qkv_rows = _row_offsets(b0, b1, b2, pos, qkv_stride_b0, qkv_stride_b1, qkv_stride_b2, qkv_stride_l)
-    q_cols = (head * head_dim + cols).to(tl.int64) * qkv_stride_c
-    k_cols = (dim + head * head_dim + cols).to(tl.int64) * qkv_stride_c
-    v_cols = (2 * dim + head * head_dim + cols).to(tl.int64) * qkv_stride_c
-    mask = row_ok[:, None] & col_ok[None, :]
-    q = cast(tl.load(qkv_ptr + qkv_rows[:, None] + q_cols[None, :], mask=mask, other=0.0), COMPUTE_DTYPE, RTNE_BF16)
-    k = cast(tl.load(qkv_ptr + qkv_rows[:, None] + k_cols[None, :], mask=mask, other=0.0), COMPUTE_DTYPE, RTNE_BF16)
-    v = cast(tl.load(qkv_ptr + qkv_rows[:, None] + v_cols[None, :], mask=mask, other=0.0), COMPUTE_DTYPE, RTNE_BF16)
+    q = _load_head(qkv_ptr, qkv_rows, head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
+    k = _load_head(qkv_ptr, qkv_rows, dim + head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
+    v = _load_head(qkv_ptr, qkv_rows, 2 * dim + head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
 
-    # scores in log2 units; only pairs inside one sequence survive the block-diagonal mask
-    scores = dot(q, tl.trans(k), None, DOT_DTYPE) * scale_log2e  # [BLOCK_M, BLOCK_M] fp32
-    same_seq = (local_seq[:, None] == local_seq[None, :]) & row_ok[None, :]
-    scores = tl.where(same_seq, scores, -1.0e30)
-    probs = tl.exp2(scores - tl.max(scores, axis=1)[:, None])
-    probs = probs / tl.sum(probs, axis=1)[:, None]
+    probs = _probabilities(q, k, scale_log2e, local_seq, row_ok, DOT_DTYPE)
     out = dot(cast(probs, COMPUTE_DTYPE, RTNE_BF16), v, None, DOT_DTYPE)  # [BLOCK_M, BLOCK_D] fp32
 
     out_rows = _row_offsets(b0, b1, b2, pos, out_stride_b0, out_stride_b1, out_stride_b2, out_stride_l)
@@ -167,42 +201,18 @@ def _short_attention_bwd_kernel(
     DOT_DTYPE: tl.constexpr,
     RTNE_BF16: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    head = pid % num_heads
-    tile = pid // num_heads
-
-    rows = tl.arange(0, BLOCK_M)
-    local_seq = rows // seq_len
-    pos = rows % seq_len
-    seq = tile * SEQS_PER_TILE + local_seq
-    row_ok = (local_seq < SEQS_PER_TILE) & (seq < num_seqs)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < head_dim
-    mask = row_ok[:, None] & col_ok[None, :]
-
-    b0, b1, b2 = _batch_coords(seq, batch_size1, batch_size2)
+    head, local_seq, pos, row_ok, cols, mask, b0, b1, b2 = _tile_rows(
+        num_seqs, seq_len, num_heads, head_dim, batch_size1, batch_size2, SEQS_PER_TILE, BLOCK_M, BLOCK_D
+    )
     qkv_rows = _row_offsets(b0, b1, b2, pos, qkv_stride_b0, qkv_stride_b1, qkv_stride_b2, qkv_stride_l)
-    q_cols = (head * head_dim + cols).to(tl.int64)
-    k_cols = (dim + head * head_dim + cols).to(tl.int64)
-    v_cols = (2 * dim + head * head_dim + cols).to(tl.int64)
-    q = tl.load(qkv_ptr + qkv_rows[:, None] + q_cols[None, :] * qkv_stride_c, mask=mask, other=0.0)
-    k = tl.load(qkv_ptr + qkv_rows[:, None] + k_cols[None, :] * qkv_stride_c, mask=mask, other=0.0)
-    v = tl.load(qkv_ptr + qkv_rows[:, None] + v_cols[None, :] * qkv_stride_c, mask=mask, other=0.0)
-    q = cast(q, COMPUTE_DTYPE, RTNE_BF16)
-    k = cast(k, COMPUTE_DTYPE, RTNE_BF16)
-    v = cast(v, COMPUTE_DTYPE, RTNE_BF16)
+    q = _load_head(qkv_ptr, qkv_rows, head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
+    k = _load_head(qkv_ptr, qkv_rows, dim + head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
+    v = _load_head(qkv_ptr, qkv_rows, 2 * dim + head * head_dim, cols, qkv_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
     gout_rows = _row_offsets(b0, b1, b2, pos, gout_stride_b0, gout_stride_b1, gout_stride_b2, gout_stride_l)
-    gout_cols = (head * head_dim + cols).to(tl.int64) * gout_stride_c
-    grad_out = tl.load(grad_out_ptr + gout_rows[:, None] + gout_cols[None, :], mask=mask, other=0.0)
-    grad_out = cast(grad_out, COMPUTE_DTYPE, RTNE_BF16)
+    grad_out = _load_head(grad_out_ptr, gout_rows, head * head_dim, cols, gout_stride_c, mask, COMPUTE_DTYPE, RTNE_BF16)
 
     # recompute the probabilities exactly as the forward did
-    scores = dot(q, tl.trans(k), None, DOT_DTYPE) * scale_log2e
-    same_seq = (local_seq[:, None] == local_seq[None, :]) & row_ok[None, :]
-    scores = tl.where(same_seq, scores, -1.0e30)
-    probs = tl.exp2(scores - tl.max(scores, axis=1)[:, None])
-    probs = probs / tl.sum(probs, axis=1)[:, None]
-    probs = tl.where(row_ok[:, None], probs, 0.0)
+    probs = tl.where(row_ok[:, None], _probabilities(q, k, scale_log2e, local_seq, row_ok, DOT_DTYPE), 0.0)
 
     grad_v = dot(tl.trans(cast(probs, COMPUTE_DTYPE, RTNE_BF16)), grad_out, None, DOT_DTYPE)
     grad_probs = dot(grad_out, tl.trans(v), None, DOT_DTYPE)  # [BLOCK_M, BLOCK_M] fp32
@@ -214,7 +224,10 @@ def _short_attention_bwd_kernel(
 
     gqkv_rows = _row_offsets(b0, b1, b2, pos, gqkv_stride_b0, gqkv_stride_b1, gqkv_stride_b2, gqkv_stride_l)
     out_dtype = grad_qkv_ptr.dtype.element_ty
-    base = grad_qkv_ptr + gqkv_rows[:, None]
+    base = grad_qkv_ptr + gqkv_rows[:, None]  # grad_qkv is contiguous along the channels
+    q_cols = (head * head_dim + cols).to(tl.int64)
+    k_cols = q_cols + dim
+    v_cols = q_cols + 2 * dim
     tl.store(base + q_cols[None, :], cast(grad_q, out_dtype, RTNE_BF16), mask=mask)
     tl.store(base + k_cols[None, :], cast(grad_k, out_dtype, RTNE_BF16), mask=mask)
     tl.store(base + v_cols[None, :], cast(grad_v, out_dtype, RTNE_BF16), mask=mask)

@@ -10,36 +10,23 @@ import sys
 
 import pytest
 import torch
+from test_train import read_adapters, small_overrides
 
 from taskadapter_fast.runconfig import resolve_run_config
 from taskadapter_fast.trainer import train
 
 
 def overrides(root) -> list[str]:
+    """test_train's tiny dataset, one epoch of 6 episodes at a large learning rate (visible weight changes)."""
+    keep = [o for o in small_overrides(root) if not o.startswith(("train.epochs=", "train.episodes_per_epoch="))]
     return [
-        "model.clip_model=taf-tiny-ViT",
-        f"data.root={root}",
-        "data.synthetic.videos_per_class=3",
-        "data.synthetic.min_frames=8",
-        "data.synthetic.max_frames=10",
-        "data.synthetic.size=32",
-        "data.synthetic.distractors=0",
-        "data.prefetch=1",
-        "train.warmup_epochs=0",
-        "train.cpu_threads=1",
+        *keep,
         "train.epochs=1",
         "train.episodes_per_epoch=6",
-        "train.val_episodes=3",
-        "train.test_episodes=3",
+        "train.schedule=constant",
         "train.lr=0.5",
-        "train.log_every=2",
+        "train.val_episodes=3",
     ]
-
-
-def read_adapters(path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 @pytest.mark.slow

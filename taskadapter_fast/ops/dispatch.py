@@ -162,6 +162,23 @@ def _short_attention_triton_reasons(qkv: torch.Tensor, num_heads: int, axis: int
     return reasons
 
 
+# The kernels' absolute-tolerance floors per dtype (DESIGN.md's 2x rule adds them to twice the reference's error).
+TRITON_ATOL_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
+
+
+def _reference(run) -> Implementation:
+    """The pure-PyTorch reference: every device and dtype, always able to run."""
+    return Implementation(
+        name="reference",
+        devices=(ANY_DEVICE,),
+        auto_devices=(ANY_DEVICE,),
+        dtypes=(torch.float64, *LOW_PRECISION),
+        limits={},
+        atol_floor={},
+        run=run,
+    )
+
+
 def _short_attention_triton(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.Tensor:
     return torch.ops.taskadapter_fast.short_attention(qkv, num_heads, axis, compute_dtype(qkv))
 
@@ -173,19 +190,11 @@ SHORT_ATTENTION_IMPLS = (
         auto_devices=("cuda",),
         dtypes=LOW_PRECISION,
         limits={"max_seq_len": SHORT_ATTENTION_MAX_SEQ_LEN, "max_head_dim": SHORT_ATTENTION_MAX_HEAD_DIM},
-        atol_floor={torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4},
+        atol_floor=TRITON_ATOL_FLOOR,
         run=_short_attention_triton,
         reasons=_short_attention_triton_reasons,
     ),
-    Implementation(
-        name="reference",
-        devices=(ANY_DEVICE,),
-        auto_devices=(ANY_DEVICE,),
-        dtypes=(torch.float64, *LOW_PRECISION),
-        limits={},
-        atol_floor={},
-        run=short_attention_ref,
-    ),
+    _reference(short_attention_ref),
 )
 
 
@@ -250,17 +259,9 @@ FUSED_ADAPTER_IMPLS = (
         auto_devices=("cuda",),
         dtypes=LOW_PRECISION,
         limits={"max_hidden": FUSED_ADAPTER_MAX_HIDDEN},
-        atol_floor={torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4},
+        atol_floor=TRITON_ATOL_FLOOR,
         run=_fused_adapter_triton,
         reasons=_fused_adapter_triton_reasons,
     ),
-    Implementation(
-        name="reference",
-        devices=(ANY_DEVICE,),
-        auto_devices=(ANY_DEVICE,),
-        dtypes=(torch.float64, *LOW_PRECISION),
-        limits={},
-        atol_floor={},
-        run=fused_adapter_ref,
-    ),
+    _reference(fused_adapter_ref),
 )

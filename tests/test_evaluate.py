@@ -145,3 +145,9 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "--episodes must be >= 1" in err and len(err.splitlines()) == 1
+
+
+def test_traceback_switch_lets_errors_propagate(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("TAF_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--no-progress"])

@@ -113,6 +113,7 @@ class TaskAdapterPP(nn.Module):
         """tokens [V, T, N, D] of one set from `encode_video_prefix` -> features [V, T, E]."""
         return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl)
 
+    @torch.compiler.disable  # Python string work (prompts, BPE): nothing for torch.compile to trace
     def tokenize_classes(self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None):
         """-> (token ids [C*P, 77] on the model's device, P prompts per class)."""
         class_names = [str(n) for n in class_names]
@@ -200,18 +201,24 @@ class TaskAdapterPP(nn.Module):
         return F.cross_entropy(self.config.logit_scale * scores.float(), query_labels.long())
 
 
-def group_support(support_feats: torch.Tensor, support_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[C*K, T, E] features with labels [C*K] -> [C, K, T, E], each class's K shots in their given order."""
+@torch.compiler.disable  # data-dependent checks: eager, outside any compiled graph
+def check_support_grouping(support_labels: torch.Tensor, num_classes: int) -> None:
     counts = torch.bincount(support_labels, minlength=num_classes)
     if counts.numel() != num_classes or bool((counts != counts[0]).any()) or int(counts[0]) == 0:
         raise ValueError(
             f"every class 0..{num_classes - 1} needs the same number of support videos; counts per class: "
             f"{counts.tolist()}"
         )
+
+
+def group_support(support_feats: torch.Tensor, support_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[C*K, T, E] features with labels [C*K] -> [C, K, T, E], each class's K shots in their given order."""
+    check_support_grouping(support_labels, num_classes)  # so every class has exactly C*K / C shots
     order = torch.argsort(support_labels, stable=True)
-    return support_feats[order].view(num_classes, int(counts[0]), *support_feats.shape[1:])
+    return support_feats[order].view(num_classes, support_feats.shape[0] // num_classes, *support_feats.shape[1:])
 
 
+@torch.compiler.disable  # data-dependent checks: eager, outside any compiled graph
 def check_episode(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, class_names) -> None:
     if support.dim() != 5 or query.dim() != 5:
         raise ValueError(

@@ -6,13 +6,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ._atomic import atomic_path
 from .config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra_metadata: dic
     tensors = {name: t.contiguous().cpu().clone() for name, t in adapter_state(model).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

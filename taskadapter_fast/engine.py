@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._atomic import atomic_write_bytes
 from .data.decode import (
     SkipCounter,
     VideoDecodeError,
@@ -592,13 +593,9 @@ class PrefixCache:
     def put(self, key: tuple, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to(self.storage_device).contiguous().clone()
         if self.directory is not None:
-            file = self._file(key)
-            file.parent.mkdir(parents=True, exist_ok=True)
             buffer = io.BytesIO()
             torch.save(tensor, buffer)
-            temporary = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            temporary.write_bytes(buffer.getvalue())
-            os.replace(temporary, file)  # atomic: a reader never sees half a file
+            atomic_write_bytes(self._file(key), buffer.getvalue())  # a reader never sees half a file
         self._remember(key, tensor)
 
     def _remember(self, key: tuple, tensor: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ._atomic import atomic_write_text
 from .config import parse_override
 
 EPISODES_FORMAT = "taskadapter_fast.episodes"
@@ -176,10 +177,7 @@ def write_episodes_file(path: str | os.PathLike, loader, plans, split: str) -> P
         "train": loader.train,
         "episodes": [plan.to_record() for plan in plans],
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(document) + "\n")
 
 
 def read_episodes_file(path: str | os.PathLike) -> tuple[dict[str, Any], list]:

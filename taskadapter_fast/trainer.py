@@ -35,7 +35,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._atomic import atomic_path, atomic_write_text
 from .runconfig import DataConfig, RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -266,25 +266,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_state(path: Path, model, optimizer, scheduler, state: TrainState, run: RunConfig) -> None:
@@ -299,7 +282,7 @@ def save_state(path: Path, model, optimizer, scheduler, state: TrainState, run: 
         "rng": _rng_state(),
     }
     _atomic_torch_save(payload, path / STATE_FILE)
-    _atomic_write_text(path / STATE_JSON, json.dumps(asdict(state), indent=1) + "\n")
+    atomic_write_text(path / STATE_JSON, json.dumps(asdict(state), indent=1) + "\n")
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
@@ -660,7 +643,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
-            _atomic_write_text(run_dir / CONFIG_FILE, run.to_yaml())
+            atomic_write_text(run_dir / CONFIG_FILE, run.to_yaml())
 
     data = prepare_data(run) if main else None  # rank 0 first: it generates the synthetic dataset once
     _barrier(dist_info)
@@ -827,7 +810,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
         }
     )
     if main:
-        _atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
+        atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
         write_plots(run_dir)
     return results
 
@@ -879,7 +862,7 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
             "num_frames": run.model.num_frames,
             "episodes": trained["plans"],
         }
-        _atomic_write_text(run_dir / TEST_EPISODES_FILE, json.dumps(episodes_file) + "\n")
+        atomic_write_text(run_dir / TEST_EPISODES_FILE, json.dumps(episodes_file) + "\n")
     runlog.record("test", state.episode, {"accuracy": trained["accuracy"], "ci95": trained["ci95"]})
     line = f"test accuracy (trained, epoch {state.best_epoch}):  {trained['accuracy']:6.2f} ± {trained['ci95']:.2f} %"
     if tcfg.untrained_baseline:

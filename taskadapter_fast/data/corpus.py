@@ -41,6 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from .._atomic import atomic_write_bytes
+
 STAGES_PER_CLASS = 3
 # The paper's instruction (SPEC §4); {label} is the class label as written in the labels file.
 INSTRUCTION = "Given an action label {label}, describe three stages of the action."
@@ -289,23 +291,6 @@ def _corpus_text(corpus: Mapping[str, Sequence[str]], labels: Mapping[str, str],
     return "\n".join(blocks)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_corpus(
     corpus: Mapping[str, Sequence[str]], path: str | os.PathLike, labels: Mapping[str, str] | None = None
 ) -> None:
@@ -323,7 +308,7 @@ def save_corpus(
     reread, reread_labels, _ = _parse_corpus_text(text, str(path), json_format)
     assert reread == {name: list(stages) for name, stages in corpus.items()}, "corpus text does not round-trip"
     assert all(reread_labels[name] == labels.get(name, name) for name in corpus), "labels do not round-trip"
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=True)
 
 
 # ----------------------------------------------------------------------------------------- resolving
@@ -876,7 +861,7 @@ def fetch(dataset: str, out: str | None = None, base_url: str = DEFAULT_FETCH_UR
     if out_path.suffix.lower() == ".json":
         save_corpus(corpus, out_path, labels)
     else:
-        _atomic_write(out_path, data)
+        atomic_write_bytes(out_path, data, fsync=True)
     print(f"wrote {len(corpus)} classes from {url} to {out_path}")
     return 0
 

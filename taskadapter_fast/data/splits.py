@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .._atomic import atomic_path
 from .decode import VIDEO_EXTENSIONS, VideoDecodeError, count_frame_files, probe_video
 
 logger = logging.getLogger(__name__)
@@ -360,12 +361,9 @@ def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:
     """Write rows as JSON lines, atomically (a temporary file renamed into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with temporary.open("w", encoding="utf-8") as out:
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8") as out:
         for row in rows:
             out.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
     return path
 
 

@@ -40,9 +40,11 @@ def _is_literal(impl: str) -> bool:
 # autocast 14.7 s (2.16x, 2.03-2.23). Two threads on the 2 cores while idle: 16.4 / 15.0 / 10.7 / 7.5 s
 # (1.09x / 1.54x / 2.18x). Inference (no_grad, 2 videos, 1 thread): bf16 5.1 s against 11.2 s literal.
 # The 3x (bf16 vs the fp32 literal step) is out of reach here: in the profile of the restructured bf16
-# step (1 thread), 72% is GEMMs already at ~175 GFLOP/s, one Zen 4 core's avx512_bf16 peak, only 2x its fp32 FMA
-# peak; the spatial attention (SDPA's CPU flash kernel, backward at ~40 GFLOP/s) is 16%. The GEMMs alone, 10.6 s,
-# bound the ratio at about 2.9x against 31 s even if everything else were free.
+# step (1 thread), 72% is GEMMs already at ~175 GFLOP/s; one core's best here, a large 4096x768 @ 768x3072 GEMM,
+# is 212 GFLOP/s in bf16 against 87 in fp32 (2.43x, measured 2026-11-26); the spatial attention (SDPA's CPU flash
+# kernel, backward at ~40 GFLOP/s) is 16%. The GEMMs alone, 10.6 s, bound the ratio at about 2.9x against 31 s
+# even if everything else were free. Re-measured on the idle machine (2026-11-26, benchmarks/RESULTS.md,
+# cpu-target, 3 paired rounds, 1 thread): restructured fp32 1.13x, restructured bf16 autocast 2.11x.
 # Tried and dropped (same measurement): explicit softmax(QK^T)V for the 197-token spatial attention is 2x faster
 # than SDPA in bf16, but its bf16-rounded scores fail DESIGN's 2x rule, and with fp32 scores it is slower than
 # SDPA; SDPA in fp32 inside the bf16 step gains ~1.5% of the step; inductor (torch.compile) over the restructured
@@ -163,7 +165,7 @@ class TaskAdaptedVisual(nn.Module):
             }
         )
         # Gradient checkpointing of the adapted blocks: recompute each one in the backward pass instead of
-        # keeping its activations (same maths, less memory; the trainer's train.grad_checkpointing sets it).
+        # keeping its activations (same maths, less memory; train.grad_checkpoint sets it).
         self.checkpoint_blocks = False
 
     def check_videos(self, videos: torch.Tensor) -> None:

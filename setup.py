@@ -14,6 +14,7 @@ Build knobs (environment variables):
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,10 @@ class CMakeBuild(build_ext):
         build_type = os.environ.get("TAF_BUILD_TYPE", "Release")
         build_dir = Path(self.build_temp).resolve() / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
+        # pip builds in a throw-away environment whose cmake and ninja are gone by the next `pip install .`, and
+        # a CMake cache from an earlier build would still point at them: configure from scratch every time.
+        (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
+        shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
         cmake_args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",

@@ -12,6 +12,8 @@ Compiled kernels get DOT_DTYPE = the compute dtype and RTNE_BF16 = False: both a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -50,3 +52,20 @@ def dtype_constexprs(compute_dtype: torch.dtype, interpreted: bool) -> dict:
         "DOT_DTYPE": tl.float32 if widen else TL_DTYPES[compute_dtype],
         "RTNE_BF16": interpreted,
     }
+
+
+def on_tensor_device(launch):
+    """Decorate a launcher so it runs with its first argument's GPU as the current CUDA device.
+
+    Triton launches on the current device, not on the device of the tensors it is given: without
+    this, a model on cuda:1 in a process whose current device is cuda:0 would launch on the wrong GPU.
+    """
+
+    @functools.wraps(launch)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        if first.is_cuda:
+            with torch.cuda.device(first.device):
+                return launch(first, *args, **kwargs)
+        return launch(first, *args, **kwargs)
+
+    return wrapper

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs
+from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs, on_tensor_device
 from ._common import is_interpreted as _is_interpreted
 
 # The widest hidden (fc1 output) kept on chip: a [BLOCK_M, next_pow2(R)] fp32 tile per program.
@@ -271,6 +271,7 @@ def out_dtype(y: torch.Tensor, base: torch.Tensor | None, skip: bool, compute_dt
     return torch.promote_types(dtype, base.dtype) if base is not None else dtype
 
 
+@on_tensor_device
 def fused_adapter_fwd(
     y: torch.Tensor,
     fc1_weight: torch.Tensor,
@@ -316,6 +317,7 @@ def fused_adapter_fwd(
     return out
 
 
+@on_tensor_device
 def fused_adapter_bwd(
     grad_out: torch.Tensor,
     y: torch.Tensor,

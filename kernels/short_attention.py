@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs
+from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs, on_tensor_device
 from ._common import is_interpreted as _is_interpreted
 
 # The largest sequence length (the short axis) the kernels handle: a whole sequence is one tile.
@@ -301,6 +301,7 @@ def _check(qkv: torch.Tensor, num_heads: int, axis: int) -> tuple[int, int, int,
     return axis, dim, dim // num_heads, seq_len
 
 
+@on_tensor_device
 def short_attention_fwd(
     qkv: torch.Tensor, num_heads: int, axis: int, compute_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -341,6 +342,7 @@ def short_attention_fwd(
     return out
 
 
+@on_tensor_device
 def short_attention_bwd(
     grad_out: torch.Tensor,
     qkv: torch.Tensor,

@@ -8,6 +8,7 @@ Tolerances are in grey levels (1 level = 1/255 before normalisation).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -28,6 +29,7 @@ from taskadapter_fast.data.decode import (
     VideoDecodeError,
     center_crop_offset,
     choose_decoder,
+    dali_gpu_index,
     dali_unavailable_reasons,
     load_clips,
     probe_video,
@@ -285,6 +287,13 @@ def test_bad_arguments_are_value_errors(media, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_dali_gpu_decodes_on_the_gpu_its_clips_are_bound_for():
+    # the episode loader decodes in worker threads, whose current CUDA device is always 0: an explicit
+    # target device must choose the pipeline's GPU (checked without touching CUDA)
+    assert dali_gpu_index(torch.device("cuda", 3)) == 3
+    assert dali_gpu_index("cuda:2") == 2
+
+
 def test_dali_gpu_without_a_gpu_says_why(media):
     with pytest.raises(DecoderUnavailableError, match="dali_gpu"):
         load_clip(media["level_frames"], [0], image_size=SIZE, decoder="dali_gpu")
@@ -393,3 +402,21 @@ def test_dali_gpu_matches_pyav_and_stays_on_the_gpu(media, source):
     assert dali.is_cuda
     pyav = load_clip(media[f"tex_{source}"], indices, image_size=SIZE, decoder="pyav")
     assert_dali_close(dali, pyav, source)
+
+
+@pytest.mark.dali
+@pytest.mark.gpu
+@needs_dali_gpu
+def test_dali_gpu_decodes_from_worker_threads(media):
+    # what the episode loader does: decode in background threads (their own current device and stream)
+    indices = np.array([[0, 5, 2, 11], [3, 1, 4, 1]])
+    paths = [media["tex_vp9"], media["tex_frames"]]
+    target = torch.device("cuda", torch.cuda.current_device())
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(load_clips, paths, indices, SIZE, decoder="dali_gpu", device=target) for _ in range(4)]
+        batches = [future.result() for future in futures]
+    pyav = load_clips(paths, indices, SIZE, decoder="pyav")
+    for batch in batches:
+        assert batch.device == target
+        for clip, expected, source in zip(batch, pyav, ["vp9", "frames"], strict=True):
+            assert_dali_close(clip, expected, source)

@@ -415,3 +415,15 @@ def test_gpu_short_attention_past_the_grid_limit():
 def test_gpu_fused_adapter_full_size(shape, hidden, variant, dtype):
     options = ADAPTER_VARIANTS[variant]
     assert_adapter_parity(adapter_inputs(shape, hidden, dtype), skip=options["skip"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two CUDA GPUs: a kernel must run on its tensors' GPU, not GPU 0"
+)
+def test_gpu_kernels_launch_on_their_tensors_gpu():
+    # Triton launches on the current device; the launchers make the tensors' GPU current (a model on cuda:1)
+    with torch.cuda.device(0):
+        assert_short_attention_parity(randn(3, 8, 5, 3 * 64, dtype=torch.bfloat16).to("cuda:1"), num_heads=2, axis=1)
+        inputs = [t.to("cuda:1") if t is not None else None for t in adapter_inputs((3, 5, 64), 16, torch.bfloat16)]
+        assert_adapter_parity(inputs, skip=True)

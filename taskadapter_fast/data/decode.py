@@ -30,6 +30,7 @@ short, and raises when a requested index falls in the missing part.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -391,7 +392,7 @@ def dali_unavailable_reasons(device: str) -> list[str]:
 class _DaliRunner:
     """One built DALI pipeline: `source` "video" (clips of frames) or "image" (single JPEG frames)."""
 
-    def __init__(self, device: str, source: str, image_size: int):
+    def __init__(self, device: str, source: str, image_size: int, gpu_index: int | None = None):
         from nvidia.dali import fn, pipeline_def, types
 
         self.device = device
@@ -401,7 +402,7 @@ class _DaliRunner:
         decode_device = "mixed" if device == "gpu" else "cpu"
         mean = [255.0 * value for value in CLIP_MEAN]
         std = [255.0 * value for value in CLIP_STD]
-        device_id = torch.cuda.current_device() if device == "gpu" else None
+        device_id = gpu_index if device == "gpu" else None
         self.device_id = device_id
 
         # Synchronous execution: each run answers the batch just fed (no prefetch skew), and a
@@ -440,17 +441,19 @@ class _DaliRunner:
 
     def run(self, encoded: list[np.ndarray], crops: list[np.ndarray], frames: list[np.ndarray] | None) -> torch.Tensor:
         """One batch → float32 [B, T, 3, S, S] (video) or [B, 3, S, S] (image), on the pipeline's device."""
-        with self.lock:
+        on_gpu = self.device == "gpu"
+        # The pipeline's GPU, also in the loader's worker threads (a new thread's current CUDA device is 0).
+        with self.lock, torch.cuda.device(self.device_id) if on_gpu else contextlib.nullcontext():
             self.pipe.feed_input("encoded", encoded)
             self.pipe.feed_input("crop", crops)
             if frames is not None:
                 self.pipe.feed_input("frames", frames)
-            if self.device == "gpu":
-                stream = torch.cuda.current_stream()
-                (output,) = self.pipe.run(cuda_stream=stream.cuda_stream)
+            # The stream is run()'s one positional argument (its keyword arguments name pipeline inputs):
+            # the GPU output is ordered on torch's current stream; None makes the CPU run host-synchronous.
+            (output,) = self.pipe.run(torch.cuda.current_stream().cuda_stream if on_gpu else None)
+            if on_gpu:
                 # DLPack keeps the batch on the GPU; clone because DALI reuses its output buffer.
                 return torch.from_dlpack(output.as_tensor()).clone()
-            (output,) = self.pipe.run()
             return torch.from_numpy(np.array(output.as_tensor()))
 
 
@@ -458,12 +461,24 @@ _runners: dict[tuple[str, str, int, int | None], _DaliRunner] = {}
 _runners_lock = threading.Lock()
 
 
-def _dali_runner(device: str, source: str, image_size: int) -> _DaliRunner:
-    key = (device, source, image_size, torch.cuda.current_device() if device == "gpu" else None)
+def dali_gpu_index(target: torch.device | str | None) -> int:
+    """The GPU dali_gpu decodes on for clips bound for `target`: its own index, else the current device.
+
+    Explicit because the episode loader decodes in worker threads, whose current CUDA device is always 0:
+    a rank training on cuda:3 must not decode on GPU 0.
+    """
+    target = None if target is None else torch.device(target)
+    if target is not None and target.type == "cuda" and target.index is not None:
+        return target.index
+    return torch.cuda.current_device()
+
+
+def _dali_runner(device: str, source: str, image_size: int, gpu_index: int | None) -> _DaliRunner:
+    key = (device, source, image_size, gpu_index if device == "gpu" else None)
     with _runners_lock:
         runner = _runners.get(key)
         if runner is None:
-            runner = _runners[key] = _DaliRunner(device, source, image_size)
+            runner = _runners[key] = _DaliRunner(device, source, image_size, key[3])
         return runner
 
 
@@ -513,10 +528,10 @@ def _prepare_dali_job(job: _Job, device: str) -> None:
         job.encoded = [np.frombuffer(data, dtype=np.uint8) for data in _read_frame_bytes(job.path, files)]
 
 
-def _run_dali_jobs(jobs: list[_Job], device: str, image_size: int) -> list[torch.Tensor]:
+def _run_dali_jobs(jobs: list[_Job], device: str, image_size: int, gpu_index: int | None) -> list[torch.Tensor]:
     """Decode jobs of one kind through DALI → one [T, 3, S, S] tensor per job (same order)."""
     source = "video" if jobs[0].kind == "video" else "image"
-    runner = _dali_runner(device, source, image_size)
+    runner = _dali_runner(device, source, image_size, gpu_index)
     per_item = 1 if source == "video" else len(jobs[0].indices)
     jobs_per_run = max(1, runner.max_batch // per_item)
     results: list[torch.Tensor] = []
@@ -535,13 +550,13 @@ def _run_dali_jobs(jobs: list[_Job], device: str, image_size: int) -> list[torch
                 ) from error
             # Find which clip broke the batch: decode them one by one (each failure rebuilds the pipeline).
             for job in chunk:
-                _run_dali_jobs([job], device, image_size)
+                _run_dali_jobs([job], device, image_size, gpu_index)
             raise
         if source == "video":
             results.extend(batch.unbind(0))
         else:
             results.extend(batch.view(len(chunk), per_item, *batch.shape[1:]).unbind(0))
-        runner = _dali_runner(device, source, image_size)
+        runner = _dali_runner(device, source, image_size, gpu_index)
     return results
 
 
@@ -636,6 +651,7 @@ def load_clips(
                 clips[job.position] = _load_pyav(job.path, job.kind, job.indices, image_size, job.crop)
             continue
         dali_device = chosen.removeprefix("dali_")
+        gpu_index = dali_gpu_index(device) if dali_device == "gpu" else None
         for job in jobs:
             _prepare_dali_job(job, dali_device)
         for kind in ("video", "frames"):
@@ -643,7 +659,7 @@ def load_clips(
             if not group:
                 continue
             try:
-                outputs = _run_dali_jobs(group, dali_device, image_size)
+                outputs = _run_dali_jobs(group, dali_device, image_size, gpu_index)
             except VideoDecodeError:
                 raise
             except Exception as error:

@@ -7,6 +7,9 @@
 #
 #   bash benchmarks/run_gpu_checks.sh OUT_DIR [extra pytest arguments for the benchmarks, e.g. -k "episode or block"]
 #
+# The whole suite compiles every op and model case with inductor and takes far longer than its timed work; pass
+# `--bench-set targets` to time only the 27 cases the issue's GPU targets are judged on (benchmarks/conftest.py).
+#
 # Everything it prints also lands in OUT_DIR (install.log, tests.log, bench.log, bench.json, RESULTS.md), so a
 # run cut short still leaves what it measured. Set TAF_GPU_STEPS to a subset of "install tests bench" to skip
 # steps (e.g. TAF_GPU_STEPS="bench" on a machine where the package is installed already).

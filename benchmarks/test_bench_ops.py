@@ -21,8 +21,7 @@ each output written once), divided by the mean time; TFLOP/s counts the matmul F
 
 On a machine without CUDA the GPU-sized shapes and the triton provider skip with a reason (Triton's
 CPU interpreter is a correctness tool, far too slow to time) and the CPU cases run.
-Model-level cases (one adapted block, whole training steps) are not here yet: they need
-taskadapter_fast.model.
+Model-level cases (one adapted block, whole training steps) are in test_bench_model.py.
 """
 
 from __future__ import annotations

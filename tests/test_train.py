@@ -4,6 +4,7 @@ gradient accumulation, gradient checkpointing and bf16 autocast."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -444,3 +445,20 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, synthe
     train_lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     episodes = [r["episode"] for r in train_lines if r["kind"] == "train"]
     assert episodes == sorted(set(episodes)) == list(range(1, 17))  # nothing logged twice, nothing lost
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: training with the Triton kernels")
+def test_gpu_training_run_end_to_end(synthetic_root, tmp_path):
+    # impl="auto" on CUDA: the Triton kernels; decoding on the GPU in the loader's threads when DALI can
+    from taskadapter_fast.data.decode import dali_unavailable_reasons
+
+    decoder = "pyav" if dali_unavailable_reasons("gpu") else "dali_gpu"
+    run = resolve_run_config(overrides=[*small_overrides(synthetic_root), f"data.decoder={decoder}", "train.amp=bf16"])
+    results = train(run, tmp_path / "gpu", device="cuda", progress=False)
+    assert results["device"].startswith("cuda") and results["train_episodes"] == 16
+    for key in ("test_accuracy", "untrained_test_accuracy"):
+        assert 0.0 <= results[key] <= 100.0, key
+    records = [json.loads(line) for line in (tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) == 16 and all(map(math.isfinite, losses))

@@ -38,6 +38,20 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
+def _row_tile(num_rows, hidden, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's rows (int64) and the hidden channels: (rows, row_ok, hid, hid_ok)."""
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    hid = tl.arange(0, BLOCK_R)
+    return rows, rows < num_rows, hid, hid < hidden
+
+
+@triton.jit
+def _load_2d(ptr, index0, index1, stride0, stride1, mask):
+    """ptr[index0[:, None], index1[None, :]] of a strided 2-D tensor, 0 where masked."""
+    return tl.load(ptr + index0[:, None] * stride0 + index1[None, :] * stride1, mask=mask, other=0.0)
+
+
+@triton.jit
 def _hidden(
     y_ptr,
     w1_ptr,
@@ -64,14 +78,8 @@ def _hidden(
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < dim
-        y = tl.load(
-            y_ptr + rows[:, None] * stride_ym + d[None, :] * stride_yd, mask=row_ok[:, None] & d_ok[None, :], other=0.0
-        )
-        w1_t = tl.load(
-            w1_ptr + hid[None, :] * stride_w1r + d[:, None] * stride_w1d,
-            mask=hid_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_R]
+        y = _load_2d(y_ptr, rows, d, stride_ym, stride_yd, row_ok[:, None] & d_ok[None, :])
+        w1_t = _load_2d(w1_ptr, d, hid, stride_w1d, stride_w1r, d_ok[:, None] & hid_ok[None, :])  # [BLOCK_D, BLOCK_R]
         h = dot(cast(y, COMPUTE_DTYPE, RTNE_BF16), cast(w1_t, COMPUTE_DTYPE, RTNE_BF16), h, DOT_DTYPE)
     if HAS_B1:
         h += tl.load(b1_ptr + hid, mask=hid_ok, other=0.0).to(tl.float32)[None, :]
@@ -117,12 +125,7 @@ def _fused_adapter_fwd_kernel(
     DOT_DTYPE: tl.constexpr,
     RTNE_BF16: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    row_ok = rows < num_rows
-    hid = tl.arange(0, BLOCK_R)
-    hid_ok = hid < hidden
-
+    rows, row_ok, hid, hid_ok = _row_tile(num_rows, hidden, BLOCK_M, BLOCK_R)
     h = _hidden(
         y_ptr, w1_ptr, b1_ptr, rows, row_ok, hid, hid_ok, dim, stride_ym, stride_yd, stride_w1r, stride_w1d,
         HAS_B1, BLOCK_M, BLOCK_R, BLOCK_D, COMPUTE_DTYPE, DOT_DTYPE, RTNE_BF16,
@@ -133,22 +136,14 @@ def _fused_adapter_fwd_kernel(
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < dim
         mask = row_ok[:, None] & d_ok[None, :]
-        w2_t = tl.load(
-            w2_ptr + d[None, :] * stride_w2d + hid[:, None] * stride_w2r,
-            mask=hid_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_R, BLOCK_D]
+        w2_t = _load_2d(w2_ptr, hid, d, stride_w2r, stride_w2d, hid_ok[:, None] & d_ok[None, :])  # [BLOCK_R, BLOCK_D]
         out = dot(act, cast(w2_t, COMPUTE_DTYPE, RTNE_BF16), tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), DOT_DTYPE)
         if HAS_B2:
             out += tl.load(b2_ptr + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
         if SKIP:
-            out += tl.load(y_ptr + rows[:, None] * stride_ym + d[None, :] * stride_yd, mask=mask, other=0.0).to(
-                tl.float32
-            )
+            out += _load_2d(y_ptr, rows, d, stride_ym, stride_yd, mask).to(tl.float32)
         if HAS_BASE:
-            out += tl.load(
-                base_ptr + rows[:, None] * stride_basem + d[None, :] * stride_based, mask=mask, other=0.0
-            ).to(tl.float32)
+            out += _load_2d(base_ptr, rows, d, stride_basem, stride_based, mask).to(tl.float32)
         tl.store(out_ptr + rows[:, None] * dim + d[None, :], cast(out, out_ptr.dtype.element_ty, RTNE_BF16), mask=mask)
 
 
@@ -182,11 +177,7 @@ def _fused_adapter_bwd_kernel(
     DOT_DTYPE: tl.constexpr,
     RTNE_BF16: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    row_ok = rows < num_rows
-    hid = tl.arange(0, BLOCK_R)
-    hid_ok = hid < hidden
+    rows, row_ok, hid, hid_ok = _row_tile(num_rows, hidden, BLOCK_M, BLOCK_R)
     hid_mask = row_ok[:, None] & hid_ok[None, :]
 
     h = _hidden(
@@ -202,16 +193,8 @@ def _fused_adapter_bwd_kernel(
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < dim
-        grad_out = tl.load(
-            grad_out_ptr + rows[:, None] * stride_gm + d[None, :] * stride_gd,
-            mask=row_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        w2 = tl.load(
-            w2_ptr + d[:, None] * stride_w2d + hid[None, :] * stride_w2r,
-            mask=d_ok[:, None] & hid_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_R]
+        grad_out = _load_2d(grad_out_ptr, rows, d, stride_gm, stride_gd, row_ok[:, None] & d_ok[None, :])
+        w2 = _load_2d(w2_ptr, d, hid, stride_w2d, stride_w2r, d_ok[:, None] & hid_ok[None, :])  # [BLOCK_D, BLOCK_R]
         grad_act = dot(
             cast(grad_out, COMPUTE_DTYPE, RTNE_BF16), cast(w2, COMPUTE_DTYPE, RTNE_BF16), grad_act, DOT_DTYPE
         )
@@ -224,18 +207,12 @@ def _fused_adapter_bwd_kernel(
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < dim
         mask = row_ok[:, None] & d_ok[None, :]
-        w1 = tl.load(
-            w1_ptr + hid[:, None] * stride_w1r + d[None, :] * stride_w1d,
-            mask=hid_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_R, BLOCK_D]
+        w1 = _load_2d(w1_ptr, hid, d, stride_w1r, stride_w1d, hid_ok[:, None] & d_ok[None, :])  # [BLOCK_R, BLOCK_D]
         grad_y = dot(
             grad_h, cast(w1, COMPUTE_DTYPE, RTNE_BF16), tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), DOT_DTYPE
         )
         if SKIP:
-            grad_y += tl.load(
-                grad_out_ptr + rows[:, None] * stride_gm + d[None, :] * stride_gd, mask=mask, other=0.0
-            ).to(tl.float32)
+            grad_y += _load_2d(grad_out_ptr, rows, d, stride_gm, stride_gd, mask).to(tl.float32)
         tl.store(
             grad_y_ptr + rows[:, None] * dim + d[None, :],
             cast(grad_y, grad_y_ptr.dtype.element_ty, RTNE_BF16),

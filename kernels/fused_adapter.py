@@ -60,7 +60,7 @@ def _hidden(
     row_ok,
     hid,
     hid_ok,
-    dim,
+    DIM: tl.constexpr,
     stride_ym,
     stride_yd,
     stride_w1r,
@@ -75,9 +75,9 @@ def _hidden(
 ):
     """fc1(y) for one tile of rows: [BLOCK_M, BLOCK_R] fp32."""
     h = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
+    for d0 in range(0, DIM, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
+        d_ok = d < DIM
         y = _load_2d(y_ptr, rows, d, stride_ym, stride_yd, row_ok[:, None] & d_ok[None, :])
         w1_t = _load_2d(w1_ptr, d, hid, stride_w1d, stride_w1r, d_ok[:, None] & hid_ok[None, :])  # [BLOCK_D, BLOCK_R]
         h = dot(cast(y, COMPUTE_DTYPE, RTNE_BF16), cast(w1_t, COMPUTE_DTYPE, RTNE_BF16), h, DOT_DTYPE)
@@ -104,7 +104,7 @@ def _fused_adapter_fwd_kernel(
     base_ptr,
     out_ptr,
     num_rows,
-    dim,
+    DIM: tl.constexpr,
     hidden,
     stride_ym,
     stride_yd,
@@ -127,14 +127,14 @@ def _fused_adapter_fwd_kernel(
 ):
     rows, row_ok, hid, hid_ok = _row_tile(num_rows, hidden, BLOCK_M, BLOCK_R)
     h = _hidden(
-        y_ptr, w1_ptr, b1_ptr, rows, row_ok, hid, hid_ok, dim, stride_ym, stride_yd, stride_w1r, stride_w1d,
+        y_ptr, w1_ptr, b1_ptr, rows, row_ok, hid, hid_ok, DIM, stride_ym, stride_yd, stride_w1r, stride_w1d,
         HAS_B1, BLOCK_M, BLOCK_R, BLOCK_D, COMPUTE_DTYPE, DOT_DTYPE, RTNE_BF16,
     )  # fmt: skip
     act = cast(0.5 * h * (1.0 + tl.erf(h * _SQRT1_2)), COMPUTE_DTYPE, RTNE_BF16)
 
-    for d0 in range(0, dim, BLOCK_D):
+    for d0 in range(0, DIM, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
+        d_ok = d < DIM
         mask = row_ok[:, None] & d_ok[None, :]
         w2_t = _load_2d(w2_ptr, hid, d, stride_w2r, stride_w2d, hid_ok[:, None] & d_ok[None, :])  # [BLOCK_R, BLOCK_D]
         out = dot(act, cast(w2_t, COMPUTE_DTYPE, RTNE_BF16), tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), DOT_DTYPE)
@@ -144,7 +144,7 @@ def _fused_adapter_fwd_kernel(
             out += _load_2d(y_ptr, rows, d, stride_ym, stride_yd, mask).to(tl.float32)
         if HAS_BASE:
             out += _load_2d(base_ptr, rows, d, stride_basem, stride_based, mask).to(tl.float32)
-        tl.store(out_ptr + rows[:, None] * dim + d[None, :], cast(out, out_ptr.dtype.element_ty, RTNE_BF16), mask=mask)
+        tl.store(out_ptr + rows[:, None] * DIM + d[None, :], cast(out, out_ptr.dtype.element_ty, RTNE_BF16), mask=mask)
 
 
 @triton.jit
@@ -158,7 +158,7 @@ def _fused_adapter_bwd_kernel(
     act_ptr,
     grad_h_ptr,
     num_rows,
-    dim,
+    DIM: tl.constexpr,
     hidden,
     stride_gm,
     stride_gd,
@@ -181,7 +181,7 @@ def _fused_adapter_bwd_kernel(
     hid_mask = row_ok[:, None] & hid_ok[None, :]
 
     h = _hidden(
-        y_ptr, w1_ptr, b1_ptr, rows, row_ok, hid, hid_ok, dim, stride_ym, stride_yd, stride_w1r, stride_w1d,
+        y_ptr, w1_ptr, b1_ptr, rows, row_ok, hid, hid_ok, DIM, stride_ym, stride_yd, stride_w1r, stride_w1d,
         HAS_B1, BLOCK_M, BLOCK_R, BLOCK_D, COMPUTE_DTYPE, DOT_DTYPE, RTNE_BF16,
     )  # fmt: skip
     cdf = 0.5 * (1.0 + tl.erf(h * _SQRT1_2))
@@ -190,9 +190,9 @@ def _fused_adapter_bwd_kernel(
 
     # d(act) = dout @ fc2, accumulated over D
     grad_act = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
+    for d0 in range(0, DIM, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
+        d_ok = d < DIM
         grad_out = _load_2d(grad_out_ptr, rows, d, stride_gm, stride_gd, row_ok[:, None] & d_ok[None, :])
         w2 = _load_2d(w2_ptr, d, hid, stride_w2d, stride_w2r, d_ok[:, None] & hid_ok[None, :])  # [BLOCK_D, BLOCK_R]
         grad_act = dot(
@@ -203,9 +203,9 @@ def _fused_adapter_bwd_kernel(
     tl.store(grad_h_ptr + rows[:, None] * hidden + hid[None, :], grad_h, mask=hid_mask)
 
     # dy = dh @ fc1 (+ dout through the skip), streamed over D
-    for d0 in range(0, dim, BLOCK_D):
+    for d0 in range(0, DIM, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
+        d_ok = d < DIM
         mask = row_ok[:, None] & d_ok[None, :]
         w1 = _load_2d(w1_ptr, hid, d, stride_w1r, stride_w1d, hid_ok[:, None] & d_ok[None, :])  # [BLOCK_R, BLOCK_D]
         grad_y = dot(
@@ -214,7 +214,7 @@ def _fused_adapter_bwd_kernel(
         if SKIP:
             grad_y += _load_2d(grad_out_ptr, rows, d, stride_gm, stride_gd, mask).to(tl.float32)
         tl.store(
-            grad_y_ptr + rows[:, None] * dim + d[None, :],
+            grad_y_ptr + rows[:, None] * DIM + d[None, :],
             cast(grad_y, grad_y_ptr.dtype.element_ty, RTNE_BF16),
             mask=mask,
         )

@@ -339,7 +339,7 @@ compile_kernel(short_attention._short_attention_fwd_kernel, {"qkv_ptr": "*bf16",
 compile_kernel(short_attention._short_attention_bwd_kernel,
                {"qkv_ptr": "*bf16", "grad_out_ptr": "*bf16", "grad_qkv_ptr": "*bf16"},
                {"scale", "scale_log2e"}, tiling, short_attention._NUM_WARPS)
-flags = dict(HAS_B1=True, SKIP=True, **fused_adapter._blocks(192), **dtypes)
+flags = dict(HAS_B1=True, SKIP=True, DIM=768, **fused_adapter._blocks(192), **dtypes)
 names = ("y_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "base_ptr", "out_ptr")
 compile_kernel(fused_adapter._fused_adapter_fwd_kernel, {name: "*bf16" for name in names}, set(),
                dict(HAS_B2=True, HAS_BASE=True, **flags), fused_adapter._NUM_WARPS)

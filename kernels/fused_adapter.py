@@ -8,7 +8,9 @@ with the skip) and the text adapter.
 Forward. A program owns BLOCK_M rows: it accumulates h = y @ fc1^T over D in BLOCK_D chunks into a
 [BLOCK_M, BLOCK_R] fp32 tile, applies bias and GELU in registers, and streams fc2 over D in
 BLOCK_D chunks, adding bias, skip and base before the single store. The hidden never reaches
-memory and nothing is saved for backward but y (already alive) and the weights.
+memory and nothing is saved for backward but y (already alive) and the weights. D is a
+compile-time constant (one specialisation per width, 768 and 512 in this model): the D loops have
+fixed trip counts, and triton <= 3.7's interpreter cannot loop to a runtime bound under numpy >= 2.5.
 
 Backward. The same program recomputes h, forms dh = (dout @ fc2) * GELU'(h), and writes
 dy = dh @ fc1 (+ dout with the skip), plus GELU(h) and dh ([M, R], a quarter of y's size) for

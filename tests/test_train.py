@@ -450,11 +450,9 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, synthe
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: training with the Triton kernels")
 def test_gpu_training_run_end_to_end(synthetic_root, tmp_path):
-    # impl="auto" on CUDA: the Triton kernels; decoding on the GPU in the loader's threads when DALI can
-    from taskadapter_fast.data.decode import dali_unavailable_reasons
-
-    decoder = "pyav" if dali_unavailable_reasons("gpu") else "dali_gpu"
-    run = resolve_run_config(overrides=[*small_overrides(synthetic_root), f"data.decoder={decoder}", "train.amp=bf16"])
+    # what a user gets on a GPU: impl="auto" runs the Triton kernels, decoder="auto" decodes on the GPU in the
+    # loader's threads where DALI can (tests/test_decode.py checks dali_gpu itself), and bf16 autocast
+    run = resolve_run_config(overrides=[*small_overrides(synthetic_root), "train.amp=bf16"])
     results = train(run, tmp_path / "gpu", device="cuda", progress=False)
     assert results["device"].startswith("cuda") and results["train_episodes"] == 16
     for key in ("test_accuracy", "untrained_test_accuracy"):

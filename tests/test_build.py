@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from taskadapter_fast.data import sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,4 +55,8 @@ def test_a_second_build_ignores_the_cmake_cache_of_a_vanished_build_environment(
     spec = importlib.util.spec_from_file_location("taskadapter_fast._episodes", built)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.__name__ == "taskadapter_fast._episodes"
+    # the rebuilt module works: it gives the Python twin's frame indices
+    num_frames = np.array([8, 30, 301], np.int64)
+    keys = np.arange(3, dtype=np.uint64)
+    expected = sampler._py_frame_indices(num_frames, 8, True, 5, keys)
+    np.testing.assert_array_equal(module.frame_indices(num_frames, 8, True, 5, keys), expected)

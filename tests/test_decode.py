@@ -286,7 +286,6 @@ def test_bad_arguments_are_value_errors(media, monkeypatch):
         load_clip(path, [0], image_size=SIZE)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_dali_gpu_decodes_on_the_gpu_its_clips_are_bound_for():
     # the episode loader decodes in worker threads, whose current CUDA device is always 0: an explicit
     # target device must choose the pipeline's GPU (checked without touching CUDA)
@@ -294,6 +293,7 @@ def test_dali_gpu_decodes_on_the_gpu_its_clips_are_bound_for():
     assert dali_gpu_index("cuda:2") == 2
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_dali_gpu_without_a_gpu_says_why(media):
     with pytest.raises(DecoderUnavailableError, match="dali_gpu"):
         load_clip(media["level_frames"], [0], image_size=SIZE, decoder="dali_gpu")

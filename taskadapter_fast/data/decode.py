@@ -392,7 +392,7 @@ def dali_unavailable_reasons(device: str) -> list[str]:
 class _DaliRunner:
     """One built DALI pipeline: `source` "video" (clips of frames) or "image" (single JPEG frames)."""
 
-    def __init__(self, device: str, source: str, image_size: int, gpu_index: int | None = None):
+    def __init__(self, device: str, source: str, image_size: int, gpu_index: int | None):
         from nvidia.dali import fn, pipeline_def, types
 
         self.device = device
@@ -402,8 +402,7 @@ class _DaliRunner:
         decode_device = "mixed" if device == "gpu" else "cpu"
         mean = [255.0 * value for value in CLIP_MEAN]
         std = [255.0 * value for value in CLIP_STD]
-        device_id = gpu_index if device == "gpu" else None
-        self.device_id = device_id
+        device_id = self.device_id = gpu_index  # None for the CPU pipeline
 
         # Synchronous execution: each run answers the batch just fed (no prefetch skew), and a
         # decode error belongs to that batch.

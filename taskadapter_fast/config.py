@@ -127,7 +127,7 @@ def load_preset(name: str) -> dict[str, Any]:
     path = resources.files("taskadapter_fast.presets") / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; known presets: {preset_names()}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"preset {name!r} is not a mapping")
     return data
@@ -137,7 +137,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

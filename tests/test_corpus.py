@@ -189,7 +189,8 @@ def file_server(tmp_path):
 
 def _generate(tmp_path, server, labels, *extra, out="corpus.yml", env=None, run=_run_cli):
     labels_file = tmp_path / "labels.txt"
-    labels_file.write_text("\n".join(labels) + "\n")
+    # As a Windows editor saves it: a byte-order mark and CRLF line ends.
+    labels_file.write_bytes(("\ufeff" + "\r\n".join(labels) + "\r\n").encode("utf-8"))
     args = ["generate", "--labels", str(labels_file), "--out", str(tmp_path / out), "--base-url", server.base_url]
     args += ["--model", "test-model", "--api-key-env", "TAF_TEST_KEY", "--backoff", "0.001", *extra]
     return run(*args, env=env)
@@ -232,6 +233,11 @@ def test_load_json_nested_and_flat(tmp_path):
     (tmp_path / "flat.json").write_text(json.dumps(flat))
     assert load_corpus(tmp_path / "nested.json") == {"brush hair": _stages("brush")}
     assert load_corpus(str(tmp_path / "flat.json")) == flat
+    # Files saved by Windows editors start with a byte-order mark.
+    (tmp_path / "bom.json").write_text("\ufeff" + json.dumps(flat), encoding="utf-8")
+    assert load_corpus(tmp_path / "bom.json") == flat
+    (tmp_path / "bom.yml").write_text("\ufeffclap: [Raise., Clap., Lower.]\n", encoding="utf-8")
+    assert load_corpus(tmp_path / "bom.yml") == {"clap": ["Raise.", "Clap.", "Lower."]}
 
 
 def test_load_keeps_odd_stage_counts_for_validation_to_report(tmp_path):
@@ -341,6 +347,14 @@ def test_resolve_exact_then_normalised():
     resolved[0].append("changed")  # copies: the corpus is not touched
     assert corpus["brush hair"] == _stages("brush")
     assert validate_corpus(corpus, names) is None
+
+    # Names that differ only in spacing or punctuation meet, as a last resort (UCF101 folder
+    # HandstandPushups, corpus "hand stand pushups"; Kinetics folder hurling_sport, corpus "hurling (sport)").
+    corpus |= {"hand stand pushups": _stages("handstand"), "hurling (sport)": _stages("hurling")}
+    assert resolve_subactions(corpus, ["HandstandPushups", "hurling_sport"]) == [
+        _stages("handstand"),
+        _stages("hurling"),
+    ]
 
     # An exact key wins over keys that only match after normalising.
     corpus["Brush_Hair"] = ["exact.", "match.", "wins."]

@@ -250,6 +250,19 @@ def test_missing_files_raise_missing_video_error_naming_them(media, tmp_path):
         load_clip(gap, [0, 3], image_size=SIZE, decoder="pyav")
 
 
+def test_frame_folders_are_found_by_being_folders_and_read_only_as_named(media, tmp_path):
+    named_like_a_video = tmp_path / "v_brush_hair_1.avi"  # HMDB51/UCF101 frame folders are often named so
+    write_frames(named_like_a_video, level_frames()[:6])
+    assert decode_module.video_kind(named_like_a_video) == "frames"
+    assert frame_ids(load_clip(named_like_a_video, [0, 5, 2], image_size=SIZE, decoder="pyav")) == [0, 5, 2]
+    six_digits = tmp_path / "six_digits"
+    write_frames(six_digits, level_frames()[:6])
+    for number in range(1, 7):
+        (six_digits / f"img_{number:05d}.jpg").rename(six_digits / f"img_{number:06d}.jpg")
+    with pytest.raises(VideoDecodeError, match=r"six_digits: 6 frame files, but not named img_00001\.jpg"):
+        load_clip(six_digits, [0], image_size=SIZE, decoder="pyav")
+
+
 def test_corrupt_and_truncated_files_raise_video_decode_error(media, tmp_path):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())

@@ -239,6 +239,42 @@ def test_errors_name_the_file_the_line_and_the_format(tmp_path):
 # ------------------------------------------------------------------------------------------ prepare
 
 
+def test_files_saved_with_a_byte_order_mark_read_like_plain_ones(tmp_path):
+    """Windows editors start UTF-8 files with a BOM; it must not become part of the first name or path."""
+    write_webm(tmp_path / "air drumming" / "a.webm", 3)
+    write_webm(tmp_path / "bowling" / "b.webm", 3)
+    split = tmp_path / "train.txt"
+    split.write_text("\ufeffair drumming/a\r\nbowling/b\r\n", encoding="utf-8")
+    rows = read_split(split, root=tmp_path)
+    assert [(r.class_name, r.kind) for r in rows] == [("air drumming", "video"), ("bowling", "video")]
+    make_frame_folder(tmp_path / "f1", 8)
+    official = tmp_path / "test.txt"
+    official.write_text("\ufefff1 8 0\n", encoding="utf-8")
+    names = tmp_path / "names.txt"
+    names.write_text("\ufeffpushing something\n", encoding="utf-8")
+    (row,) = read_split(official, root=tmp_path, class_names=names)
+    assert (row.path, row.class_name) == (str(tmp_path / "f1"), "pushing something")
+
+
+def test_list_ids_find_videos_whose_extension_is_upper_case(tmp_path):
+    write_webm(tmp_path / "clapping" / "a.WEBM", 3)
+    write_webm(tmp_path / "waving" / "b.Mp4", 3)
+    split = tmp_path / "train.txt"
+    write_lines(split, ["clapping/a", "waving/b.mp4"])
+    rows = read_split(split, root=tmp_path)
+    assert [(r.path, r.kind) for r in rows] == [
+        (str(tmp_path / "clapping" / "a.WEBM"), "video"),
+        (str(tmp_path / "waving" / "b.Mp4"), "video"),
+    ]
+
+
+def test_frame_folders_named_like_videos_stay_frame_folders(tmp_path):
+    make_frame_folder(tmp_path / "brush_hair" / "v_1.avi", 8)
+    make_frame_folder(tmp_path / "clap" / "v_2.avi", 9)
+    rows = read_split(tmp_path, format="folder")
+    assert [(r.class_name, r.kind) for r in rows] == [("brush_hair", "frames"), ("clap", "frames")]
+
+
 def run_prepare(*args):
     return subprocess.run(
         [sys.executable, "-m", "taskadapter_fast.data", "prepare", *map(str, args)],
@@ -257,21 +293,27 @@ def test_prepare_probes_frame_counts_and_reports_every_missing_video(tmp_path):
     write_lines(train, ["clapping/ok1", "clapping/gone1", "waving/broken", "clapping/ok2"])
     make_frame_folder(tmp_path / "jumping" / "f1", 11)
     test = tmp_path / "test.txt"
-    write_lines(test, ["jumping/f1", "jumping/gone2", "jumping/gone3"])
+    (tmp_path / "jumping" / "f6").mkdir()
+    for number in range(1, 9):
+        (tmp_path / "jumping" / "f6" / f"img_{number:06d}.jpg").write_bytes(b"")  # not what the loader reads
+    write_lines(test, ["jumping/f1", "jumping/gone2", "jumping/gone3", "jumping/f6"])
     out = tmp_path / "out" / "manifest.jsonl"
 
     result = run_prepare("--split", train, test, "--root", tmp_path, "--out", out, "--no-progress")
 
     assert result.returncode == 0, result.stderr
-    assert "7 videos listed, 3 written" in result.stderr
-    assert "3 missing, 1 unreadable" in result.stderr
+    assert "8 videos listed, 3 written" in result.stderr
+    assert "3 missing, 2 unreadable" in result.stderr
     for name, line in (
         ("gone1", "train.txt:2"),
         ("gone2", "test.txt:2"),
         ("gone3", "test.txt:3"),
         ("broken", "train.txt:3"),
+        ("f6", "test.txt:4"),
     ):
         assert name in result.stderr and line in result.stderr
+    assert "no frame folder or video file" in result.stderr
+    assert "not named img_00001.jpg ... img_00008.jpg" in result.stderr
     rows = read_split(out)
     assert [(r.class_name, r.split, r.label, r.num_frames) for r in rows] == [
         ("clapping", "train", 0, 5),

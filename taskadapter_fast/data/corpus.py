@@ -219,7 +219,7 @@ def _read_corpus_file(path: str | os.PathLike) -> tuple[Corpus, dict[str, str], 
         reason = "is a directory, not a corpus file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"corpus file {str(path)!r} {reason}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return _parse_corpus_text(text, str(path), json_format=path.suffix.lower() == ".json")
@@ -326,10 +326,18 @@ def normalize_class_name(name: str) -> str:
     return " ".join(name.split())
 
 
+def compact_class_name(name: str) -> str:
+    """The looser key `resolve_subactions` tries when `normalize_class_name` finds nothing: lower case
+    with every space and punctuation mark removed, so `HandstandPushups` meets `hand stand pushups`
+    (UCF101) and `hurling_sport` meets `hurling (sport)` (Kinetics folders)."""
+    return re.sub(r"[\W_]+", "", name.lower())
+
+
 def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> list[list[str]]:
     """The three sub-actions of each class in `class_names`, in that order (list of [3] lists of text).
 
-    Each name is looked up exactly first, then by `normalize_class_name`. Raises ValueError listing
+    Each name is looked up exactly first, then by `normalize_class_name`, then by `compact_class_name`
+    (each a fallback used only when the one before finds nothing). Raises ValueError listing
     every class that is missing (with the closest corpus keys), ambiguous, or whose entry does not
     hold exactly three non-empty text stages (with the count); it names the corpus file when
     `corpus` came from `load_corpus`.
@@ -337,8 +345,10 @@ def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequenc
     if isinstance(class_names, str):
         raise ValueError(f"class_names must be a list of class names, got the single string {class_names!r}")
     by_key: dict[str, list[str]] = {}
+    by_compact_key: dict[str, list[str]] = {}
     for key in corpus:
         by_key.setdefault(normalize_class_name(str(key)), []).append(key)
+        by_compact_key.setdefault(compact_class_name(str(key)), []).append(key)
 
     resolved: list[list[str]] = []
     missing: list[str] = []
@@ -348,7 +358,9 @@ def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequenc
         if name in corpus:
             key = name
         else:
-            candidates = by_key.get(normalize_class_name(str(name)), [])
+            candidates = by_key.get(normalize_class_name(str(name))) or by_compact_key.get(
+                compact_class_name(str(name)), []
+            )
             distinct = {tuple(corpus[c]) if isinstance(corpus[c], Sequence) else id(corpus[c]) for c in candidates}
             if not candidates:
                 close = difflib.get_close_matches(normalize_class_name(str(name)), list(by_key), n=3, cutoff=0.6)
@@ -657,7 +669,7 @@ def _read_labels(path: str) -> list[str]:
     if not file.is_file():
         raise CommandError(f"labels file {path!r} does not exist")
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise CommandError(f"labels file {path!r} is not UTF-8 text (byte {exc.start})") from None
     labels = list(dict.fromkeys(line.strip() for line in lines if line.strip()))

@@ -94,11 +94,15 @@ def center_crop_offset(image_size: int) -> tuple[int, int]:
 
 
 def video_kind(path: str | os.PathLike) -> str:
-    """ "frames" for a JPEG frame folder, "video" for a video file (by extension, else by being a folder)."""
+    """ "frames" for a JPEG frame folder, "video" for a video file.
+
+    An existing folder is a frame folder whatever its name (HMDB51/UCF101 frame folders are often named
+    after their video, `brush_hair_1.avi/`); otherwise a video extension or any suffix means a file.
+    """
     path = Path(path)
-    if path.suffix.lower() in VIDEO_EXTENSIONS:
-        return "video"
-    return "frames" if path.is_dir() or not path.suffix else "video"
+    if path.is_dir():
+        return "frames"
+    return "video" if path.suffix else "frames"
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,13 +216,25 @@ def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoInf
 
 
 def count_frame_files(folder: str | os.PathLike) -> int:
-    """Number of `img_*.jpg` files in a frame folder. Raises `MissingVideoError` if it is not a folder."""
+    """Number of `img_*.jpg` files in a frame folder.
+
+    Raises `MissingVideoError` if it is not a folder, and `VideoDecodeError` if its frames are not named
+    as the loader reads them (`img_00001.jpg` up to `img_{n:05d}.jpg`), e.g. `img_000001.jpg`.
+    """
     folder = Path(folder)
     try:
         with os.scandir(folder) as entries:
-            return sum(1 for entry in entries if FRAME_PATTERN.fullmatch(entry.name))
+            names = [entry.name for entry in entries if FRAME_PATTERN.fullmatch(entry.name)]
     except (FileNotFoundError, NotADirectoryError):
         raise MissingVideoError(folder, "frame folder not found") from None
+    expected = {FRAME_NAME.format(1), FRAME_NAME.format(len(names))} if names else set()
+    if not expected <= set(names):
+        raise VideoDecodeError(
+            folder,
+            f"{len(names)} frame files, but not named {FRAME_NAME.format(1)} ... {FRAME_NAME.format(len(names))} "
+            f"(1-based, 5 digits); found e.g. {min(names)}",
+        )
+    return len(names)
 
 
 # --------------------------------------------------------------------------------------------

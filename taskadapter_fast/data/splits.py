@@ -107,7 +107,7 @@ def load_class_names(class_names) -> list[str] | dict[str, list[str]] | None:
     path = Path(class_names)
     if not path.is_file():
         raise FileNotFoundError(f"class names file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         data = json.loads(text)
         if isinstance(data, dict) and data and all(isinstance(value, str | int) for value in data.values()):
@@ -140,20 +140,28 @@ class _DirIndex:
             self._listings[folder] = listing
         return listing
 
-    def kind(self, path: Path) -> str | None:
-        """ "frames" for an existing folder, "video" for an existing file, None when absent."""
-        is_dir = self.entries(path.parent).get(path.name)
-        if is_dir is None:
-            return None
-        return "frames" if is_dir else "video"
+    def find(self, path: Path) -> tuple[Path, str] | None:
+        """(the entry's path, "frames" for a folder or "video" for a file), None when absent.
+
+        A name that differs only in case (`a.MP4` for a list's `a.mp4`) is found too, where only one
+        entry of the folder has it: copies made on Windows or macOS often upper-case extensions.
+        """
+        listing = self.entries(path.parent)
+        name = path.name
+        if name not in listing:
+            folded = [entry for entry in listing if entry.casefold() == name.casefold()]
+            if len(folded) != 1:
+                return None
+            name = folded[0]
+        return path.parent / name, "frames" if listing[name] else "video"
 
 
 def _resolve(candidates: list[Path], index: _DirIndex) -> tuple[Path, str]:
     """The first candidate that exists, else the first one (reported missing by `prepare`)."""
     for candidate in candidates:
-        kind = index.kind(candidate)
-        if kind is not None:
-            return candidate, kind
+        found = index.find(candidate)
+        if found is not None:
+            return found
     first = candidates[0]
     return first, "video" if first.suffix.lower() in VIDEO_EXTENSIONS else "frames"
 
@@ -193,7 +201,7 @@ class _Parsed:
 
 def _parse_lines(path: Path, format: str, base: Path, class_names, index: _DirIndex) -> tuple[list[_Parsed], str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise SplitFormatError(f"{path}:1: not a UTF-8 text split file ({error})") from None
     parsed: list[_Parsed] = []
@@ -341,7 +349,7 @@ def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None
     base = Path(root) if root is not None else path.parent
     rows = []
     names = {item.name for item in fields(ManifestRow)}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not raw.strip():
             continue
         try:
@@ -374,7 +382,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return "folder"
     if path.suffix.lower() == ".jsonl":
         return "manifest"
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -480,7 +488,11 @@ def probe_row(row: ManifestRow) -> tuple[ManifestRow, str | None, str | None]:
                 )
             num_frames = info.num_frames
     except FileNotFoundError as error:  # MissingVideoError included
-        return row, "missing", getattr(error, "reason", str(error))
+        reason = getattr(error, "reason", str(error))
+        if row.kind == "frames" and not Path(row.path).exists():
+            # The list named no extension, so the video file was looked for too.
+            reason = f"no frame folder or video file ({'/'.join(VIDEO_EXTENSIONS)}) of that name"
+        return row, "missing", reason
     except VideoDecodeError as error:
         return row, "unreadable", error.reason
     return replace(row, num_frames=num_frames), None, None

@@ -13,6 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would race with other threads.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary path next to `path` for the caller to write; on success it replaces `path`.
@@ -27,6 +37,9 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        # mkstemp's 0600 (which some writers, safetensors among them, also give a file they replace) would
+        # make checkpoints and results unreadable to everyone else: the mode open() gives instead.
+        os.chmod(tmp, _FILE_MODE)
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())

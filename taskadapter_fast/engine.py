@@ -57,7 +57,7 @@ from .data.decode import (
     resize_size,
     video_kind,
 )
-from .data.sampler import EpisodeSampler, crop_offsets, frame_indices
+from .data.sampler import EpisodeSampler, crop_offsets, format_listing, frame_indices
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ class EpisodeLoader:
         for r, row in enumerate(self.rows):
             videos_per_class[position[row.class_name]].append(r)
         self.videos_per_class = videos_per_class
+        self._check_class_sizes()
         self.sampler = EpisodeSampler(videos_per_class, self.n_way, self.n_shot, self.n_query, self.seed)
 
         self.skipped = SkipCounter()
@@ -251,6 +252,22 @@ class EpisodeLoader:
         self._frame_counts: list[int | None] = [
             int(row.num_frames) if row.num_frames is not None else None for row in self.rows
         ]
+
+    def _check_class_sizes(self) -> None:
+        """The sampler's refusals, with class names instead of class positions."""
+        if self.n_way > len(self.class_names):
+            raise ValueError(
+                f"n_way = {self.n_way} is larger than the number of classes ({len(self.class_names)}: "
+                f"{format_listing(self.class_names)})"
+            )
+        per_class = self.n_shot + self.n_query
+        small = [(name, len(v)) for name, v in zip(self.class_names, self.videos_per_class, strict=True)]
+        small = [f"{name!r} has {count}" for name, count in small if count < per_class]
+        if small:
+            raise ValueError(
+                f"every class needs at least n_shot + n_query = {self.n_shot} + {self.n_query} = {per_class} "
+                f"videos; {len(small)} class(es) have fewer: {format_listing(small)}"
+            )
 
     # ------------------------------------------------------------------------------------------ basics
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -105,25 +106,15 @@ def load_model(
 def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> Any:
     """The `data` section (runconfig.DataConfig) from the stored run config and overrides, not validated
     as a training config (evaluation needs one split, not three)."""
-    from .runconfig import DataConfig, SyntheticConfig
+    from .runconfig import DataConfig, build_section
 
     tree = dict((stored or {}).get("data") or {})
     tree.update(overrides)
-    known = {field.name for field in dataclasses.fields(DataConfig)}
-    unknown = sorted(set(tree) - known)
-    if unknown:
-        raise UsageError(f"unknown data key(s) {unknown}; known keys: {sorted(known)}")
-    synthetic = tree.pop("synthetic", None) or {}
-    if isinstance(synthetic, dict):
-        synthetic_known = {field.name for field in dataclasses.fields(SyntheticConfig)}
-        bad = sorted(set(synthetic) - synthetic_known)
-        if bad:
-            raise UsageError(f"unknown data.synthetic key(s) {bad}; known keys: {sorted(synthetic_known)}")
-        synthetic = SyntheticConfig(**synthetic)
-    data = DataConfig(**tree, synthetic=synthetic)
-    for name in ("n_way", "n_shot", "n_query"):
-        if int(getattr(data, name)) < 1:
-            raise UsageError(f"data.{name} must be >= 1, got {getattr(data, name)!r}")
+    try:
+        data = build_section(DataConfig, tree, "data")  # each value converted to its field's type
+        data.validate(require_splits=False)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return data
 
 
@@ -335,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--episodes-file fixes the episodes: drop --nway-curve, --episodes and --seed")
     if args.nway_curve and args.save_episodes:
         raise UsageError("--save-episodes saves one C-way setting; it cannot be combined with --nway-curve")
-    if args.cache_gb <= 0:
+    if not math.isfinite(args.cache_gb) or args.cache_gb <= 0:
         raise UsageError(f"--cache-gb must be > 0, got {args.cache_gb}")
     model_overrides, data_overrides = _split_overrides(args.overrides)
     stored = stored_run_config(args.checkpoint) if args.checkpoint else None
@@ -359,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     data = data_settings(stored, data_overrides)
     train_section = (stored or {}).get("train") or {}
     seed = args.seed if args.seed is not None else int(train_section.get("eval_seed", 0))
-    episodes = args.episodes or int(train_section.get("test_episodes", DEFAULT_EPISODES))
+    episodes = args.episodes or int(train_section.get("test_episodes") or DEFAULT_EPISODES)  # 0: tested none
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.preset, model_overrides, device, stored)

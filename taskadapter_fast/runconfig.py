@@ -65,7 +65,8 @@ class DataConfig:
     image_size: int | None = None  # None: the backbone's input size
     prefetch: int = 2  # episodes decoded ahead in a background thread
 
-    def validate(self) -> None:
+    def validate(self, require_splits: bool = True) -> None:
+        """require_splits: the three split files of data.dataset=splits (training needs them, evaluation one)."""
         _check_choice("data.dataset", self.dataset, DATASETS)
         _check_choice("data.format", self.format, SPLIT_FORMATS)
         _check_choice("data.decoder", self.decoder, DECODERS)
@@ -74,15 +75,13 @@ class DataConfig:
         _check_min("data.prefetch", self.prefetch, 0)
         if self.image_size is not None:
             _check_min("data.image_size", self.image_size, 1)
-        if self.dataset == "splits":
+        if self.dataset == "splits" and require_splits:
             missing = [f"data.{s}" for s in ("train_split", "val_split", "test_split") if not getattr(self, s)]
             if missing:
                 raise ValueError(
                     f"data.dataset=splits needs {', '.join(missing)} (split files of your dataset), "
                     "or use the built-in data: data.dataset=synthetic"
                 )
-            if self.corpus is None:
-                raise ValueError("data.dataset=splits needs data.corpus (the sub-action corpus file)")
 
 
 @dataclass
@@ -155,6 +154,12 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        needs_corpus = self.model.score != "video" and self.model.sub_actions != "none"
+        if self.data.dataset == "splits" and self.data.corpus is None and needs_corpus:
+            raise ValueError(
+                "data.dataset=splits needs data.corpus (the sub-action corpus file); "
+                "only model.score=video or model.sub_actions=none run without one"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,9 +179,9 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown config section(s) {unknown}; known sections: {list(SECTIONS)}")
         config = cls(
-            model=_build(ModelConfig, tree.get("model") or {}, "model"),
-            data=_build(DataConfig, tree.get("data") or {}, "data"),
-            train=_build(TrainConfig, tree.get("train") or {}, "train"),
+            model=build_section(ModelConfig, tree.get("model") or {}, "model"),
+            data=build_section(DataConfig, tree.get("data") or {}, "data"),
+            train=build_section(TrainConfig, tree.get("train") or {}, "train"),
         )
         config.validate()
         return config
@@ -257,11 +262,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return str(value)
         raise ValueError(f"{key} must be a string, got {value!r}")
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build_section(hint, value, key)
     raise ValueError(f"{key}: unsupported field type {hint}")
 
 
-def _build(cls: type, data: Any, section: str):
+def build_section(cls: type, data: Any, section: str):
     """cls(**data) with unknown keys rejected and every value converted to its field's type."""
     if isinstance(data, cls):
         return copy.deepcopy(data)

@@ -175,19 +175,22 @@ def make_loader(run: RunConfig, rows: list, split: str, image_size: int, device:
     from .engine import EpisodeLoader
 
     train = split == "train"
-    return EpisodeLoader(
-        rows,
-        run.data.n_way,
-        run.data.n_shot,
-        run.data.n_query,
-        num_frames=run.model.num_frames,
-        image_size=image_size,
-        train=train,
-        seed=run.train.seed if train else run.train.eval_seed,
-        decoder=run.data.decoder,
-        device=device,
-        prefetch=run.data.prefetch,
-    )
+    try:
+        return EpisodeLoader(
+            rows,
+            run.data.n_way,
+            run.data.n_shot,
+            run.data.n_query,
+            num_frames=run.model.num_frames,
+            image_size=image_size,
+            train=train,
+            seed=run.train.seed if train else run.train.eval_seed,
+            decoder=run.data.decoder,
+            device=device,
+            prefetch=run.data.prefetch,
+        )
+    except ValueError as error:
+        raise ValueError(f"{split} split: {error}") from None
 
 
 def build_optimizer(model, train_cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -209,6 +212,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, st
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=train_cfg.gamma)
     total_steps = train_cfg.epochs * steps_per_epoch
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=train_cfg.min_lr)
+
+
+def schedule_at(scheduler, steps_done: int) -> None:
+    """Put a fresh scheduler (from `build_scheduler`) where it stands after `steps_done` optimizer steps."""
+    scheduler.last_epoch = steps_done
+    if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR):
+        decays = sum(count for milestone, count in scheduler.milestones.items() if milestone <= steps_done)
+        lrs = [base * scheduler.gamma**decays for base in scheduler.base_lrs]
+    else:  # CosineAnnealingLR
+        progress = math.cos(math.pi * min(steps_done, scheduler.T_max) / scheduler.T_max)
+        lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + progress) / 2 for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def amp_context(amp: str, device: torch.device):
@@ -527,32 +544,37 @@ def train_step(forward, model, episodes: list, corpus, optimizer, scheduler, amp
 
 
 def _sharded_evaluate(model, loader, ids_or_plans: list, corpus, dist_info: DistInfo, cache: bool, progress: bool):
-    """evaluate() with the episodes split over the ranks; every rank gets the merged result."""
-    from .engine import evaluate, mean_ci95
+    """evaluate() with the episodes split over the ranks; every rank gets the merged result.
+
+    A rank whose share is empty (fewer episodes than ranks) evaluates nothing. The merge puts the
+    episodes back in the order of `ids_or_plans`, also when a rank skipped one (an unreadable video).
+    """
+    from .engine import EpisodePlan, evaluate, mean_ci95
 
     share = ids_or_plans[dist_info.rank :: dist_info.world]
-    result = evaluate(model, loader, share, corpus, cache=cache, progress=progress and dist_info.is_main)
-    gathered = _gather(
-        {
+    part: dict[str, Any] = {"indices": [], "per_episode": [], "plans": [], "skipped": 0, "seconds": 0.0}
+    if share:
+        result = evaluate(model, loader, share, corpus, cache=cache, progress=progress and dist_info.is_main)
+        part = {
+            "indices": [plan.index for plan in result.plans],
             "per_episode": result.per_episode,
             "plans": [plan.to_record() for plan in result.plans],
             "skipped": result.skipped,
             "seconds": result.seconds,
-        },
-        dist_info,
+        }
+    gathered = _gather(part, dist_info)
+    position = {item.index if isinstance(item, EpisodePlan) else int(item): n for n, item in enumerate(ids_or_plans)}
+    merged = sorted(
+        (entry for g in gathered for entry in zip(g["indices"], g["per_episode"], g["plans"], strict=True)),
+        key=lambda entry: position[entry[0]],
     )
-    per_episode, plans = [], []
-    for position in range(max(len(g["per_episode"]) for g in gathered)):  # undo the round-robin split
-        for part in gathered:
-            if position < len(part["per_episode"]):
-                per_episode.append(part["per_episode"][position])
-                plans.append(part["plans"][position])
+    per_episode = [accuracy for _, accuracy, _ in merged]
     accuracy, ci95 = mean_ci95(per_episode)
     return {
         "accuracy": accuracy,
         "ci95": ci95,
         "per_episode": per_episode,
-        "plans": plans,
+        "plans": [plan for _, _, plan in merged],
         "episodes": len(per_episode),
         "skipped": sum(g["skipped"] for g in gathered),
         "seconds": max(g["seconds"] for g in gathered),
@@ -665,6 +687,10 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
                 f"--resume: the run was saved at episode {state.episode} by {state.world} rank(s); "
                 f"with {dist_info.world} rank(s) x accumulate {tcfg.accumulate} it must be a multiple of {per_step}"
             )
+        if state.world != dist_info.world and scheduler is not None:
+            # The saved scheduler counts optimizer steps of the old world size: rebuild it for this one.
+            scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch)
+            schedule_at(scheduler, state.episode // per_step)
         state.world = dist_info.world
     else:
         state = TrainState(world=dist_info.world)
@@ -693,6 +719,9 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
             save_state(run_dir, model, optimizer, scheduler, state, run)
             state.wall_seconds = elapsed
 
+    if not resuming:
+        checkpoint_state()  # a run that fails before its first periodic save can still be resumed
+
     from tqdm.auto import tqdm
 
     try:
@@ -716,6 +745,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
             try:
                 for _ in range(len(indices) // tcfg.accumulate):
                     episodes = [next(stream) for _ in range(tcfg.accumulate)]
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
                     loss, accuracy = train_step(
                         forward, model, episodes, data.corpus, optimizer, scheduler, amp_ctx, dist_info
                     )
@@ -740,7 +770,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
                                 "step": state.step,
                                 "loss": sum(w[0] for w in window) / len(window),
                                 "accuracy": sum(w[1] for w in window) / len(window),
-                                "lr": optimizer.param_groups[0]["lr"],
+                                "lr": lr,
                                 "episodes_per_s": len(window) * per_step / max(now - tick, 1e-9),
                             },
                         )

@@ -1,5 +1,6 @@
 """Data-parallel training: 2 real processes (torchrun, gloo on CPU) train exactly what one process
-accumulating the same two episodes per step trains."""
+accumulating the same two episodes per step trains, also when they resume a run that one process
+started and lost before its first periodic save."""
 
 from __future__ import annotations
 
@@ -12,28 +13,45 @@ import pytest
 import torch
 from test_train import read_adapters, small_overrides
 
+from taskadapter_fast import trainer
 from taskadapter_fast.runconfig import resolve_run_config
 from taskadapter_fast.trainer import train
 
 
 def overrides(root) -> list[str]:
-    """test_train's tiny dataset, one epoch of 6 episodes at a large learning rate (visible weight changes)."""
+    """test_train's tiny dataset, one epoch of 6 episodes at a large learning rate (visible weight changes).
+
+    The lr drops halfway through the epoch: after 3 episodes, which is optimizer step 2 of 3 with two
+    episodes a step but step 3 of 6 with one. One validation episode: the second rank's share is empty.
+    """
     keep = [o for o in small_overrides(root) if not o.startswith(("train.epochs=", "train.episodes_per_epoch="))]
     return [
         *keep,
         "train.epochs=1",
         "train.episodes_per_epoch=6",
-        "train.schedule=constant",
+        "train.schedule=step",
+        "train.milestones=[0.5]",
+        "train.gamma=0.2",
         "train.lr=0.5",
-        "train.val_episodes=3",
+        "train.val_episodes=1",
     ]
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path):
+def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path, monkeypatch):
     root = tmp_path / "data"
     single = resolve_run_config(overrides=[*overrides(root), "train.accumulate=2"])
     train(single, tmp_path / "single", device="cpu", progress=False)  # also generates the dataset
+
+    # One process starts the run and dies in its first step, before any periodic save (save_every=2).
+    def dies(*args, **kwargs):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(trainer, "train_step", dies)
+    lost = resolve_run_config(overrides=[*overrides(root), "train.accumulate=1"])
+    with pytest.raises(RuntimeError, match="went away"):
+        train(lost, tmp_path / "ddp", device="cpu", progress=False)
+    assert json.loads((tmp_path / "ddp" / "state.json").read_text())["episode"] == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
@@ -48,10 +66,8 @@ def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path):
         "--no-progress",
         "--device",
         "cpu",
-        "--output-dir",
+        "--resume",
         str(tmp_path / "ddp"),
-        *overrides(root),
-        "train.accumulate=1",
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -71,5 +87,9 @@ def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path):
     assert ddp["train_episodes"] == 6
     # validation and test episodes are split over the ranks and merged back in order
     assert len(ddp["test_per_episode"]) == 3 and len(ddp["val_history"]) == 1
+    assert ddp["test_per_episode"] == one["test_per_episode"]
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["episode"] for r in records if r["kind"] == "train"] == [2, 4, 6]  # one writer: no duplicates
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["episode"] for r in train_records] == [2, 4, 6]  # one writer: no duplicates
+    # the schedule of two ranks, not the lost single-process run's (which would drop the lr one step later)
+    assert [r["lr"] for r in train_records] == pytest.approx([0.5, 0.5, 0.1])

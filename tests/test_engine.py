@@ -195,6 +195,27 @@ def test_plans_round_trip_and_are_checked(test_rows):
         loader.check_plan(EpisodePlan.from_record(wrong))
 
 
+def test_loader_refusals_name_the_classes(test_rows):
+    names = sorted({row.class_name for row in test_rows})
+    with pytest.raises(ValueError, match=f"n_way = 9 is larger than the number of classes \\({len(names)}: ") as info:
+        _loader(test_rows, n_way=9)
+    assert all(name in str(info.value) for name in names)
+    few = [row for row in test_rows if row.class_name != names[-1]] + [
+        row for row in test_rows if row.class_name == names[-1]
+    ][:1]
+    with pytest.raises(ValueError, match=f"1 class\\(es\\) have fewer: '{names[-1]}' has 1"):
+        _loader(few, n_way=2, n_shot=1, n_query=1)
+
+
+def test_training_names_the_split_a_refusal_comes_from(test_rows):
+    from taskadapter_fast.runconfig import resolve_run_config
+    from taskadapter_fast.trainer import make_loader
+
+    run = resolve_run_config(overrides=["data.n_way=9"])
+    with pytest.raises(ValueError, match="^val split: n_way = 9"):
+        make_loader(run, test_rows, "val", S, torch.device("cpu"))
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def test_mean_ci95():
     values = [40.0, 60.0, 80.0, 100.0]

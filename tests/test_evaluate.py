@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
     model = _trained_like(create_model(run.model))
     checkpoint = save_adapters(model, folder / "best.safetensors", {"run_config": run.to_json()})
     plain = save_adapters(model, folder / "plain.safetensors")  # no run config: data from flags
-    return {"folder": folder, "dataset": dataset, "model": model, "checkpoint": checkpoint, "plain": plain}
+    return {"folder": folder, "dataset": dataset, "model": model, "checkpoint": checkpoint, "plain": plain, "run": run}
 
 
 def _cli(*args, check=True):
@@ -123,6 +123,17 @@ def test_nway_curve_writes_a_plot(setup):
     assert [p["n_way"] for p in points] == [2, 3] and all(p["episodes"] == 2 for p in points)
 
 
+def test_a_run_that_tested_nothing_is_tested_with_the_default_count(setup, tmp_path, monkeypatch, capsys):
+    import taskadapter_fast.evaluate as evaluate_module
+
+    tree = setup["run"].to_dict()
+    tree["train"]["test_episodes"] = 0  # trained with train.test_episodes=0, to be tested separately
+    checkpoint = save_adapters(setup["model"], tmp_path / "untested.safetensors", {"run_config": json.dumps(tree)})
+    monkeypatch.setattr(evaluate_module, "DEFAULT_EPISODES", 2)  # 10,000 in earnest
+    assert main(["--checkpoint", str(checkpoint), "--no-progress", "--output", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["episodes"] == 2
+
+
 def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     missing = _cli("--checkpoint", tmp_path / "nope.safetensors", check=False)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
@@ -134,7 +145,11 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     cases = [
         (["--episodes-file", str(garbage)], "not an episodes file"),
         (["--way", "9", "--episodes", "1"], "n_way = 9"),
-        (["data.no_such_key=1"], "unknown data key"),
+        (["data.no_such_key=1"], "unknown config key(s) data.no_such_key"),
+        (["data.n_way=abc"], "data.n_way must be an integer"),
+        (["data.n_shot=2.7"], "data.n_shot must be an integer"),
+        (["data.dataset=xyz"], "data.dataset must be one of"),
+        (["--cache-gb", "nan"], "--cache-gb must be > 0"),
     ]
     for extra, reason in cases:
         assert main(["--checkpoint", str(setup["checkpoint"]), "--no-progress", *extra]) != 0

@@ -26,6 +26,7 @@ from taskadapter_fast.trainer import (
     episode_indices,
     make_loader,
     prepare_data,
+    schedule_at,
     train,
     train_step,
 )
@@ -116,6 +117,15 @@ def test_dotted_overrides_are_typed():
 def test_bad_overrides_are_rejected(override, message):
     with pytest.raises(ValueError, match=message):
         resolve_run_config(overrides=[override])
+
+
+def test_own_splits_need_a_corpus_only_where_the_model_reads_sub_actions():
+    no_corpus = FAKE_SPLITS[:-1]
+    with pytest.raises(ValueError, match="needs data.corpus"):
+        resolve_run_config(overrides=["data.dataset=splits", *no_corpus])
+    for switch in ("model.score=video", "model.sub_actions=none"):
+        run = resolve_run_config(overrides=["data.dataset=splits", *no_corpus, switch])
+        assert run.data.corpus is None
 
 
 def test_config_file_and_round_trip(tmp_path):
@@ -219,6 +229,18 @@ def test_schedules_step_and_restore(schedule):
         optimizer.step()
         scheduler.step()
     assert resumed == pytest.approx(lrs[6:])
+
+    # Resumed with another world size: a fresh schedule, put where 6 steps have brought it.
+    optimizer, _ = make()
+    optimizer.load_state_dict(saved[0])
+    scheduler = build_scheduler(optimizer, run.train, steps_per_epoch=4)
+    schedule_at(scheduler, 6)
+    placed = []
+    for _ in range(6):
+        placed.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert placed == pytest.approx(lrs[6:])
 
 
 def test_constant_schedule_has_no_scheduler():
@@ -367,6 +389,13 @@ def test_short_run_writes_every_artefact(reference_run, small_run):
         "results.json",
     ):
         assert (out / name).is_file(), name
+    # Atomically written files get the mode open() would give them (not mkstemp's owner-only 0600).
+    (out / "probe").write_text("")
+    mode = (out / "probe").stat().st_mode
+    (out / "probe").unlink()
+    assert {name: oct((out / name).stat().st_mode) for name in ("best.safetensors", "results.json", "state.pt")} == {
+        name: oct(mode) for name in ("best.safetensors", "results.json", "state.pt")
+    }
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     for png in ("curves.png", "val_accuracy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -136,7 +136,7 @@ def _check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def _listing(items: list[str]) -> str:
+def format_listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     return shown if len(items) <= _MAX_LISTED else f"{shown}, ... ({len(items)} in all)"
 
@@ -164,7 +164,7 @@ def _int_array(name: str, values, minimum: int, maximum: int, dtype) -> np.ndarr
     lowest, highest = max(minimum, int(info.min)), min(maximum, int(info.max))
     bad_positions = np.flatnonzero((array < lowest) | (array > highest))
     if bad_positions.size:
-        listed = _listing([f"{name}[{p}] = {array[p]}" for p in bad_positions.tolist()])
+        listed = format_listing([f"{name}[{p}] = {array[p]}" for p in bad_positions.tolist()])
         raise ValueError(f"{name} must be in [{minimum}, {maximum}]; got {listed}")
     return np.ascontiguousarray(array, dtype=dtype)
 
@@ -320,7 +320,7 @@ class EpisodeSampler:
         sizes = np.array([v.shape[0] for v in class_videos], dtype=np.int64)
         too_small = np.flatnonzero(sizes < per_class)
         if too_small.size:
-            listed = _listing([f"class {c} has {sizes[c]}" for c in too_small.tolist()])
+            listed = format_listing([f"class {c} has {sizes[c]}" for c in too_small.tolist()])
             raise ValueError(
                 f"every class needs at least n_shot + n_query = {self.n_shot} + {self.n_query} = {per_class} "
                 f"videos; {too_small.size} class(es) have fewer: {listed}"
@@ -343,7 +343,7 @@ class EpisodeSampler:
         array = _int_array(f"videos_per_class[{c}]", videos, 0, _MAX_I64, np.int64)
         unique, counts = np.unique(array, return_counts=True)
         if (counts > 1).any():
-            repeated = _listing([str(v) for v in unique[counts > 1].tolist()])
+            repeated = format_listing([str(v) for v in unique[counts > 1].tolist()])
             raise ValueError(f"videos_per_class[{c}] lists video(s) more than once: {repeated}")
         return array
 
@@ -392,7 +392,7 @@ def frame_indices(num_frames, num_segments: int = 8, train: bool = False, seed: 
     num_frames = _int_array("num_frames", num_frames, -_MAX_I64 - 1, _MAX_I64, np.int64)
     bad = np.flatnonzero((num_frames < 1) | (num_frames > _MAX_RANGE))
     if bad.size:
-        listed = _listing([f"num_frames[{p}] = {num_frames[p]}" for p in bad.tolist()])
+        listed = format_listing([f"num_frames[{p}] = {num_frames[p]}" for p in bad.tolist()])
         raise ValueError(f"every frame count must be in [1, {_MAX_RANGE}]; got {listed}")
     num_segments = _check_int("num_segments", num_segments, 1, _MAX_RANGE)
     train = _check_bool("train", train)

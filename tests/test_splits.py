@@ -171,6 +171,7 @@ def test_folder_per_class_layout(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
     (tmp_path / "mine" / "waving" / "notes.txt").write_text("ignored")
+    (tmp_path / "mine" / "waving" / "._a.mp4").write_bytes(b"")  # a macOS resource fork: ignored
     make_frame_folder(tmp_path / "mine" / "clapping" / "e", 3)
     rows = read_split(tmp_path / "mine")
     assert detect_format(tmp_path / "mine") == "folder"
@@ -181,6 +182,16 @@ def test_folder_per_class_layout(tmp_path):
         ("waving", 1, "mine", "video", None),
         ("waving", 1, "mine", "video", None),
     ]
+
+
+def test_a_repeated_line_reads_its_video_once_and_says_so(tmp_path, caplog):
+    for name in ("a", "b"):
+        make_frame_folder(tmp_path / name / "v", 9)
+    write_lines(tmp_path / "train.txt", ["a/v 9 0", "b/v 9 1", "a/v 9 0"])
+    with caplog.at_level("WARNING"):
+        rows = read_split(tmp_path / "train.txt")
+    assert [(r.class_name, r.line) for r in rows] == [("a", 1), ("b", 2)]
+    assert "1 repeated video(s) read once: line 3 repeats line 1" in caplog.text
 
 
 def test_label_ids_are_per_split(tmp_path):

@@ -327,6 +327,8 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
     for label, class_name in enumerate(classes):
         class_dir = folder / class_name
         for name, is_dir in sorted(index.entries(class_dir).items()):
+            if name.startswith("."):  # hidden files, macOS's ._x.mp4 resource forks among them
+                continue
             item = class_dir / name
             if not is_dir and item.suffix.lower() in VIDEO_EXTENSIONS:
                 kind = "video"
@@ -430,7 +432,25 @@ def read_split(
     base = Path(root) if root is not None else path.parent
     index = _DirIndex()
     parsed, _ = _parse_lines(path, format, base.absolute(), names, index)
-    return _rows_from_parsed(parsed, path, index, names)
+    return _without_repeats(_rows_from_parsed(parsed, path, index, names), path)
+
+
+def _without_repeats(rows: list[ManifestRow], path: Path) -> list[ManifestRow]:
+    """Each video once per split: a repeated line would let an episode use one video as a support and
+    its own query. The first line wins; the repeats are reported."""
+    first_line: dict[tuple[str, str], int | None] = {}
+    kept, repeats = [], []
+    for row in rows:
+        key = (row.split, row.path)
+        if key in first_line:
+            repeats.append(f"line {row.line} repeats line {first_line[key]}")
+            continue
+        first_line[key] = row.line
+        kept.append(row)
+    if repeats:
+        shown = "; ".join(repeats[:3]) + (f"; ... ({len(repeats)} in all)" if len(repeats) > 3 else "")
+        logger.warning("%s: %d repeated video(s) read once: %s", path, len(repeats), shown)
+    return kept
 
 
 # --------------------------------------------------------------------------------------------

@@ -322,8 +322,12 @@ def _split_overrides(texts: Sequence[str]) -> tuple[dict[str, Any], dict[str, An
 def run(args: argparse.Namespace) -> int:
     from .engine import EpisodeLoader, PrefixCache, evaluate
 
-    if args.episodes_file and (args.nway_curve or args.episodes is not None or args.seed is not None):
-        raise UsageError("--episodes-file fixes the episodes: drop --nway-curve, --episodes and --seed")
+    if args.episodes_file:
+        fixed = {"--nway-curve": args.nway_curve, "--episodes": args.episodes, "--seed": args.seed}
+        fixed |= {"--way": args.way, "--shot": args.shot, "--query": args.query}
+        given = [flag for flag, value in fixed.items() if value is not None and value is not False]
+        if given:
+            raise UsageError(f"--episodes-file fixes the episodes (way, shot, query, seed): drop {', '.join(given)}")
     if args.nway_curve and args.save_episodes:
         raise UsageError("--save-episodes saves one C-way setting; it cannot be combined with --nway-curve")
     if not math.isfinite(args.cache_gb) or args.cache_gb <= 0:
@@ -434,9 +438,7 @@ def run(args: argparse.Namespace) -> int:
         report.update(result.to_dict())
         report["episodes_file"] = args.episodes_file
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        output = atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
         print(f"wrote {output}")
     return 0
 

@@ -144,6 +144,7 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     garbage.write_text("{not json")
     cases = [
         (["--episodes-file", str(garbage)], "not an episodes file"),
+        (["--episodes-file", str(garbage), "--shot", "5", "--seed", "3"], "drop --seed, --shot"),
         (["--way", "9", "--episodes", "1"], "n_way = 9"),
         (["data.no_such_key=1"], "unknown config key(s) data.no_such_key"),
         (["data.n_way=abc"], "data.n_way must be an integer"),

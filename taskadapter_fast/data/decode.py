@@ -316,10 +316,22 @@ def _decode_video_pyav(path: Path, indices: np.ndarray) -> np.ndarray:
     return np.stack([decoded[int(i)] for i in _clamp(indices, count)])
 
 
+_short_folders_reported: set[str] = set()
+
+
 def _frame_file_paths(folder: Path, indices: np.ndarray) -> list[Path]:
     num_frames = count_frame_files(folder)
     if num_frames == 0:
         raise MissingVideoError(folder, "frame folder holds no img_*.jpg frames")
+    if indices.size and int(indices.max()) >= num_frames and str(folder) not in _short_folders_reported:
+        # Indices come from the split file's frame count; frame_indices never points past a true count.
+        _short_folders_reported.add(str(folder))
+        logger.warning(
+            "%s holds %d frames but frame %d was asked (the split file counts more): reading the last frame instead",
+            folder,
+            num_frames,
+            int(indices.max()) + 1,
+        )
     return [folder / FRAME_NAME.format(int(i) + 1) for i in _clamp(indices, num_frames)]
 
 

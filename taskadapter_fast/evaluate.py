@@ -437,6 +437,11 @@ def run(args: argparse.Namespace) -> int:
         report.update({"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": seed})
         report.update(result.to_dict())
         report["episodes_file"] = args.episodes_file
+    if model.config.official_compat and model.config.score == "both":
+        from .model.task_adapter import OFFICIAL_COMPAT_NOTE
+
+        report["official_compat_note"] = OFFICIAL_COMPAT_NOTE
+        print(f"note: {OFFICIAL_COMPAT_NOTE}", file=sys.stderr)
     if args.output:
         output = atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
         print(f"wrote {output}")

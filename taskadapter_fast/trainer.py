@@ -860,6 +860,7 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
     """The test split, touched once: the best checkpoint, then the untrained adapters on the same episodes."""
     from .checkpoint import load_adapters
     from .engine import EpisodePlan
+    from .model.task_adapter import OFFICIAL_COMPAT_NOTE
 
     tcfg = run.train
     results: dict[str, Any] = {"test_episodes": tcfg.test_episodes}
@@ -910,6 +911,9 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
         )
         runlog.record("untrained_test", state.episode, {"accuracy": untrained["accuracy"], "ci95": untrained["ci95"]})
         line += f"\ntest accuracy (untrained):          {untrained['accuracy']:6.2f} ± {untrained['ci95']:.2f} %"
+    if run.model.official_compat and run.model.score == "both":
+        results["official_compat_note"] = OFFICIAL_COMPAT_NOTE
+        line += f"\nnote: {OFFICIAL_COMPAT_NOTE}"
     if dist_info.is_main:
         shape = f"{run.data.n_way}-way {run.data.n_shot}-shot, {trained['episodes']} test episodes"
         print(f"{line}\n({shape})", flush=True)

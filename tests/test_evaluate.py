@@ -134,6 +134,15 @@ def test_a_run_that_tested_nothing_is_tested_with_the_default_count(setup, tmp_p
     assert json.loads((tmp_path / "r.json").read_text())["episodes"] == 2
 
 
+def test_official_compat_says_what_it_does_where_it_is_used(setup, tmp_path, capsys):
+    out = tmp_path / "compat.json"
+    args = ["--checkpoint", str(setup["checkpoint"]), "--episodes", "1", "--no-progress", "--output", str(out)]
+    with pytest.warns(UserWarning, match="official_compat=True"):
+        assert main([*args, "model.official_compat=true"]) == 0
+    assert "note: official_compat=True" in capsys.readouterr().err
+    assert "query order leaks the label" in json.loads(out.read_text())["official_compat_note"]
+
+
 def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     missing = _cli("--checkpoint", tmp_path / "nope.safetensors", check=False)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr

@@ -215,6 +215,22 @@ def test_cross_query_alignment_and_semantic_score_follow_the_spec_formula():
             torch.testing.assert_close(score[q, c], total / 9)
 
 
+def test_scores_stay_float32_under_bf16_autocast(model):
+    # Under autocast the features arrive in bf16; the head must not round its cosines to bf16 too (spacing
+    # 2^-9 near 0.4, 0.125 after the x64 logit scale): the same features give the fp32 scores exactly.
+    gen = torch.Generator().manual_seed(4)
+    embed = model.embed_dim
+    support, query = (torch.randn(n, T, embed, generator=gen).bfloat16() for n in (5, 10))
+    text = torch.randn(5, 3, embed, generator=gen).bfloat16()
+    labels = torch.arange(5)
+    with torch.no_grad():
+        expected = model.scores_from_features(support.float(), labels, query.float(), text.float(), 5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.scores_from_features(support, labels, query, text, 5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_per_video_alignment_never_mixes_queries():
     feats = torch.randn(3, T, 16)
     align = CrossModalAlignment(16, "cross_attention", mode="per_video")

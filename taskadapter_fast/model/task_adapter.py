@@ -26,6 +26,10 @@ OFFICIAL_COMPAT_NOTE = (
 )
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class TaskAdapterPP(nn.Module):
     """Frozen CLIP + Task-Adapter visual branch + order-adapted text branch + stage-wise alignment.
 
@@ -152,7 +156,20 @@ class TaskAdapterPP(nn.Module):
         """support_feats [C*K, T, E], labels [C*K] in 0..C-1, query_feats [M, T, E], text [C, S, E] -> [M, C].
 
         text_feats may be None only when config.score == "video".
+
+        Runs in float32 (at least) with autocast off: these tensors are tiny, and bf16 cosines (spacing
+        2^-9 near 0.4, 0.125 after the x64 logit scale) would tie and flip predictions.
         """
+        with torch.autocast(support_feats.device.type, enabled=False):
+            return self._scores(
+                _at_least_fp32(support_feats),
+                support_labels,
+                _at_least_fp32(query_feats),
+                None if text_feats is None else _at_least_fp32(text_feats),
+                num_classes,
+            )
+
+    def _scores(self, support_feats, support_labels, query_feats, text_feats, num_classes: int) -> torch.Tensor:
         grouped = group_support(support_feats, support_labels, num_classes)  # [C, K, T, E]
         if self.config.score == "text":
             video = None

@@ -251,6 +251,11 @@ def out_dtype(y: torch.Tensor, base: torch.Tensor | None, skip: bool, compute_dt
     return torch.promote_types(dtype, base.dtype) if base is not None else dtype
 
 
+def _dense(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels index biases as dense vectors (a strided view would be read wrongly); they are tiny."""
+    return None if bias is None else bias.contiguous()
+
+
 @on_tensor_device
 def fused_adapter_fwd(
     y: torch.Tensor,
@@ -264,6 +269,7 @@ def fused_adapter_fwd(
 ) -> torch.Tensor:
     """Launch the forward kernel. y, base [..., D]; fc1_weight [R, D]; fc2_weight [D, R] -> [..., D] contiguous."""
     dim, hidden = y.shape[-1], fc1_weight.shape[0]
+    fc1_bias, fc2_bias = _dense(fc1_bias), _dense(fc2_bias)
     out = torch.empty(y.shape, dtype=out_dtype(y, base, skip, compute_dtype), device=y.device)
     if out.numel() == 0:
         return out
@@ -310,6 +316,7 @@ def fused_adapter_bwd(
     """Launch the backward kernel. Returns (grad_y [..., D], GELU(h) [M, R], grad_h [M, R]), the last
     two in the compute dtype for the weight-gradient GEMMs."""
     dim, hidden = y.shape[-1], fc1_weight.shape[0]
+    fc1_bias = _dense(fc1_bias)
     grad_y = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     y2, grad_out2 = _rows(y), _rows(grad_out)
     act = torch.empty((y2.shape[0], hidden), dtype=compute_dtype, device=y.device)

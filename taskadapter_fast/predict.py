@@ -37,16 +37,33 @@ log = logging.getLogger(__name__)
 
 
 def support_rows(support_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
-    """-> (class names in folder-name order, per class its example rows, K of each: the smallest count)."""
+    """-> (class names in folder-name order, per class its example rows, K of each: the smallest count).
+
+    Files that are neither videos nor frame folders are reported and left out; a class folder with no
+    example at all is an error (it would silently drop the class).
+    """
+    from .data.decode import VIDEO_EXTENSIONS
     from .data.splits import read_split
 
     support_dir = Path(support_dir)
     if not support_dir.is_dir():
         raise FileNotFoundError(f"support folder not found: {support_dir}")
-    rows = read_split(support_dir, format="folder")
+    class_dirs = sorted(entry for entry in support_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    rows = read_split(support_dir, format="folder") if class_dirs else []
     by_class: dict[str, list[Any]] = {}
     for row in rows:
         by_class.setdefault(row.class_name, []).append(row)
+    used = {Path(row.path).name for row in rows}
+    for class_dir in class_dirs:
+        ignored = sorted(e.name for e in class_dir.iterdir() if e.name not in used and not e.name.startswith("."))
+        if class_dir.name not in by_class:
+            found = f" (found {', '.join(ignored[:3])}{', ...' if len(ignored) > 3 else ''})" if ignored else ""
+            raise ValueError(
+                f"{class_dir}: no example videos{found}; a class folder holds video files "
+                f"({'/'.join(VIDEO_EXTENSIONS)}) or JPEG frame folders (img_00001.jpg, ...)"
+            )
+        if ignored:
+            log.warning("%s: left out %s (neither a video file nor a frame folder)", class_dir, ", ".join(ignored))
     class_names = sorted(by_class)
     if len(class_names) < 2:
         raise ValueError(f"{support_dir}: needs at least two class folders with example videos, found {class_names}")
@@ -60,6 +77,19 @@ def support_rows(support_dir: str | os.PathLike) -> tuple[list[str], list[list[A
             ", ".join(trimmed),
         )
     return class_names, [sorted(by_class[name], key=lambda row: row.path)[:shots] for name in class_names]
+
+
+def check_queries(queries: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
+    """The query paths as a list of strings (one path may be given alone); raises if one does not exist."""
+    if isinstance(queries, str | os.PathLike):
+        queries = [queries]
+    queries = [str(query) for query in queries]
+    if not queries:
+        raise ValueError("no query video given")
+    for query in queries:
+        if not Path(query).exists():
+            raise FileNotFoundError(f"video not found: {query}")
+    return queries
 
 
 def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder: str = "auto") -> torch.Tensor:
@@ -79,21 +109,23 @@ def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder:
 def predict(
     model: torch.nn.Module,
     support_dir: str | os.PathLike,
-    queries: Sequence[str | os.PathLike],
+    queries: Sequence[str | os.PathLike] | str | os.PathLike,
     corpus: Mapping[str, Sequence[str]] | None,
     *,
     transductive: bool = False,
     decoder: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Classify `queries` (video files or frame folders) among the classes of `support_dir`.
+    """Classify `queries` (video files or frame folders; one path or a list) among the classes of `support_dir`.
 
     Returns one dict per query: ``query`` (path), ``predicted`` (class name), ``scores`` and
     ``probabilities`` ({class name: value}, in class order). Runs in eval mode without gradients.
     """
-    queries = [str(q) for q in queries]
-    if not queries:
-        raise ValueError("no query video given")
-    class_names, per_class = support_rows(support_dir)
+    queries = check_queries(queries)
+    return _predict(model, support_rows(support_dir), queries, corpus, transductive, decoder)
+
+
+def _predict(model, support, queries: list[str], corpus, transductive: bool, decoder: str) -> list[dict[str, Any]]:
+    class_names, per_class = support
     num_frames = int(model.config.num_frames)
     image_size = int(model.visual.image_size)
     support_paths = [row.path for rows in per_class for row in rows]
@@ -182,13 +214,20 @@ def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url
 
 # ------------------------------------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
+    from .data.decode import VIDEO_EXTENSIONS
     from .evaluate import _Parser
 
     parser = _Parser(prog="python -m taskadapter_fast.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("queries", nargs="+", metavar="VIDEO", help="query video files or JPEG frame folders")
     parser.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")
     parser.add_argument("--preset", help="model preset; needed for official checkpoints")
-    parser.add_argument("--support", required=True, metavar="DIR", help="a folder per class of example videos")
+    parser.add_argument(
+        "--support",
+        required=True,
+        metavar="DIR",
+        help=f"a folder per class (named as the class) of example videos ({'/'.join(VIDEO_EXTENSIONS)}) "
+        "or JPEG frame folders (img_00001.jpg, ...)",
+    )
     parser.add_argument("--corpus", metavar="FILE", help="sub-action corpus; with --generate-corpus: where to write it")
     parser.add_argument(
         "--generate-corpus", action="store_true", help="ask a chat endpoint for the classes' sub-actions"
@@ -207,9 +246,11 @@ def run(args: argparse.Namespace) -> int:
     from .data.corpus import load_corpus
     from .evaluate import UsageError, load_model, resolve_device, stored_run_config
 
+    queries = check_queries(args.queries)  # before the model loads: a typo costs no waiting
+    support = support_rows(args.support)
+    class_names = support[0]
     stored = stored_run_config(args.checkpoint) if args.checkpoint else None
     model = load_model(args.checkpoint, args.preset, {}, resolve_device(args.device), stored)
-    class_names, _ = support_rows(args.support)
     needs_corpus = model.config.sub_actions != "none" and model.config.score != "video"
     if args.generate_corpus:
         out = args.corpus or str(Path(args.support) / "corpus.yaml")
@@ -222,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("this model needs the classes' sub-actions: pass --corpus FILE or --generate-corpus")
     else:
         corpus = None
-    results = predict(model, args.support, args.queries, corpus, transductive=args.transductive, decoder=args.decoder)
+    results = _predict(model, support, queries, corpus, args.transductive, args.decoder)
     print(json.dumps(results, indent=1) if args.json else format_table(results))
     return 0
 

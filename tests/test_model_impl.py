@@ -50,3 +50,19 @@ def test_checkpoints_are_the_same_files_for_either_implementation(tmp_path):
     for (name, a), b in zip(reference.state_dict().items(), loaded.state_dict().values(), strict=True):
         if not name.startswith("clip."):
             assert torch.equal(a, b), name
+
+
+def test_forcing_triton_globally_leaves_long_spatial_axes_to_the_reference(monkeypatch):
+    # The demo model's 65 tokens (64 patches + class) are longer than the short-axis kernel takes: TAF_IMPL=triton
+    # must still run the whole model, Triton on the short axes and the reference on the spatial one.
+    torch.manual_seed(0)
+    reference = taf.create_model("demo", impl="reference")
+    randomize_adapters(reference)
+    videos = torch.randn(2, reference.config.num_frames, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference.encode_videos(videos)
+        monkeypatch.setenv(taf.ops.ENV_IMPL, "triton")
+        forced = taf.create_model("demo")  # impl="auto", which TAF_IMPL turns into "triton"
+        forced.load_state_dict(reference.state_dict())
+        got = forced.encode_videos(videos)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

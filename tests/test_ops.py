@@ -155,10 +155,12 @@ def test_short_attention_function_apply():
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
-def test_short_attention_empty_batch():
-    qkv = randn(0, 8, 5, 48).requires_grad_()
-    out = ops.short_attention(qkv, 2, 1, impl="triton")
-    assert out.shape == (0, 8, 5, 16)
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("shape", [(0, 8, 5, 48), (3, 0, 5, 48)], ids=["empty batch", "empty sequence"])
+def test_short_attention_empty_inputs(shape, impl):
+    qkv = randn(*shape).requires_grad_()
+    out = ops.short_attention(qkv, 2, 1, impl=impl)
+    assert out.shape == (*shape[:-1], 16)
     (grad,) = torch.autograd.grad(out.sum(), qkv)
     assert grad.shape == qkv.shape
 
@@ -195,9 +197,9 @@ def test_fused_adapter_non_contiguous(dtype):
     base = randn(2, 4, 7, 96, dtype=dtype, seed=5)[..., ::2]
     fc1_weight = randn(48, 12, dtype=dtype, seed=1, scale=48**-0.5).t()
     fc2_weight = randn(12, 48, dtype=dtype, seed=3, scale=12**-0.5).t()
-    fc1_bias, fc2_bias = randn(12, dtype=dtype, seed=2), randn(48, dtype=dtype, seed=4)
+    fc1_bias, fc2_bias = randn(24, dtype=dtype, seed=2)[::2], randn(96, dtype=dtype, seed=4)[1::2]
     inputs = [y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base]
-    assert not any(t.is_contiguous() for t in (y, base, fc1_weight, fc2_weight))
+    assert not any(t.is_contiguous() for t in (y, base, fc1_weight, fc2_weight, fc1_bias, fc2_bias))
     assert_adapter_parity(inputs, skip=True)
 
 
@@ -250,10 +252,10 @@ def test_forced_triton_lists_every_reason(op):
         expected = ["sequence length 65", "head dim 160 exceeds 128", "float64"]
     else:
         y = torch.zeros(4, 600, dtype=torch.float64, device=DEVICE)
-        weights = [torch.zeros(300, 600, device=DEVICE), None, torch.zeros(600, 300, device=DEVICE), None]
-        base = torch.zeros(1, 600, device=DEVICE)
-        call = functools.partial(ops.fused_adapter, y, *weights, base=base, impl="triton")
-        expected = ["hidden width 300 exceeds 256", "base (1, 600) must have y's shape", "float64"]
+        weights = [torch.zeros(300, 600, dtype=torch.float64, device=DEVICE), None]
+        weights += [torch.zeros(600, 300, dtype=torch.float64, device=DEVICE), None]
+        call = functools.partial(ops.fused_adapter, y, *weights, impl="triton")
+        expected = ["hidden width 300 exceeds 256", "float64"]
     with pytest.raises(ValueError, match="impl='triton' cannot run") as error:
         call()
     for reason in expected:
@@ -298,9 +300,18 @@ def test_invalid_arguments_raise_value_error(impl):
         ops.short_attention(qkv, 5, 1, impl=impl)
     with pytest.raises(ValueError, match="impl must be one of"):
         ops.short_attention(qkv, 2, 1, impl="cuda")
+    with pytest.raises(ValueError, match="qkv must be a floating-point tensor, got torch.int64"):
+        ops.short_attention(torch.zeros(2, 8, 3, 12, dtype=torch.long, device=DEVICE), 2, 1, impl=impl)
     y = torch.zeros(4, 8, device=DEVICE)
+    fc1, fc2 = torch.zeros(2, 8, device=DEVICE), torch.zeros(8, 2, device=DEVICE)
     with pytest.raises(ValueError, match="fc2_weight must be"):
         ops.fused_adapter(y, torch.zeros(2, 8), None, torch.zeros(2, 8), None, impl=impl)
+    with pytest.raises(ValueError, match=r"base must have y's shape \(4, 8\) \(no broadcasting\), got \(2, 4, 8\)"):
+        ops.fused_adapter(y, fc1, None, fc2, None, base=torch.zeros(2, 4, 8, device=DEVICE), impl=impl)
+    with pytest.raises(ValueError, match=r"y is torch.float32 but \{'fc1_weight': torch.bfloat16\}"):
+        ops.fused_adapter(y, fc1.bfloat16(), None, fc2, None, impl=impl)
+    with pytest.raises(ValueError, match="fc2_bias must be a floating-point tensor"):
+        ops.fused_adapter(y, fc1, None, fc2, torch.zeros(8, dtype=torch.long, device=DEVICE), impl=impl)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU rule")

@@ -83,6 +83,7 @@ def test_each_query_is_classified_alone_unless_transductive(setup):
     together = predict(model, support, queries[:3], corpus, decoder="pyav")
     alone = predict(model, support, queries[1:2], corpus, decoder="pyav")
     assert alone[0]["scores"] == pytest.approx(together[1]["scores"], abs=1e-6)
+    assert predict(model, support, queries[1], corpus, decoder="pyav") == alone  # one path alone, not its letters
     transductive = predict(model, support, queries[:3], corpus, decoder="pyav", transductive=True)
     assert transductive[1]["scores"] != pytest.approx(together[1]["scores"], abs=1e-6)
 
@@ -92,13 +93,15 @@ def test_table_output_and_uneven_shots(setup, tmp_path, capsys, caplog):
     shutil.copytree(setup["support"], support)
     extra = next(iter(sorted(setup["dataset"].video_dirs["test"].iterdir())))
     shutil.copy(sorted(extra.glob("*.webm"))[2], support / extra.name / "extra.webm")
+    (support / extra.name / "notes.txt").write_text("not a video")
     code = main(["--checkpoint", str(setup["checkpoint"]), "--support", str(support),
                  "--corpus", str(setup["dataset"].corpus), "--decoder", "pyav", setup["queries"][0]])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
     assert f"{setup['queries'][0]}  ->  " in out and "prob" in out
     assert all(name in out for name in setup["classes"])
-    assert "using 2 example(s) per class" in caplog.text
+    assert caplog.text.count("using 2 example(s) per class") == 1  # said once, not once per reading
+    assert "left out notes.txt (neither a video file nor a frame folder)" in caplog.text
 
 
 class _ChatHandler(http.server.BaseHTTPRequestHandler):
@@ -143,11 +146,20 @@ def test_generate_corpus_through_a_chat_endpoint(setup, tmp_path, capsys):
 
 def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     base = ["--checkpoint", str(setup["checkpoint"]), "--support", str(setup["support"])]
+    empty_classes = tmp_path / "empty"
+    empty_classes.mkdir()
+    notes_only = tmp_path / "notes_only"
+    shutil.copytree(setup["support"], notes_only)
+    (notes_only / "clapping").mkdir()
+    (notes_only / "clapping" / "notes.txt").write_text("a class whose videos are missing")
     cases = [
         ([*base, "--corpus", str(setup["dataset"].corpus), str(tmp_path / "missing.mp4")], "video not found"),
         ([*base, setup["queries"][0]], "--corpus FILE or --generate-corpus"),
-        (["--checkpoint", str(setup["checkpoint"]), "--support", str(tmp_path), "--corpus", "x", "q.mp4"], "no videos"),
-    ]
+        (["--checkpoint", str(setup["checkpoint"]), "--support", str(tmp_path / "none"), "--corpus", "x", "q.mp4"],
+         "video not found: q.mp4"),  # checked before the model loads
+        ([*base[:3], str(empty_classes), "--corpus", "x", setup["queries"][0]], "at least two class folders"),
+        ([*base[:3], str(notes_only), "--corpus", "x", setup["queries"][0]], "no example videos (found notes.txt)"),
+    ]  # fmt: skip
     for args, reason in cases:
         assert main(args) != 0
         err = capsys.readouterr().err.strip()

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_NAME = "img_{:05d}.jpg"
 FRAME_PATTERN = re.compile(r"img_\d+\.jpg")
 DECODERS = ("auto", "pyav", "dali_cpu", "dali_gpu")
@@ -717,7 +717,7 @@ def load_clip(
 ) -> torch.Tensor:
     """Decode one clip → float `[T, 3, S, S]`, normalised as SPEC §1 says.
 
-    `path`: a video file (.mp4/.webm/.avi/.mkv) or a JPEG frame folder (`img_00001.jpg`, ...).
+    `path`: a video file (VIDEO_EXTENSIONS: .mp4, .webm, ...) or a JPEG frame folder (`img_00001.jpg`, ...).
     `frame_indices`: int [T], 0-based; an index past the last frame reads the last frame.
     `train`: random crop (at `crop_offset` = (top, left) when given) instead of the centre crop.
     `decoder`: "auto" | "pyav" | "dali_cpu" | "dali_gpu" (module docstring).

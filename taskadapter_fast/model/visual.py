@@ -118,9 +118,10 @@ def adapted_block_forward(
         spatial = block.ls_1(_class_token_msa(block, ln1(x)))
         x = x[:, :, :1]
     else:
-        # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes, so a
-        # model running impl="triton" lets the dispatcher pick the spatial implementation itself.
-        spatial_impl = "reference" if impl == "reference" else "auto"
+        # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes: the
+        # reference's SDPA, whatever impl (or TAF_IMPL) asks for the short axes.
+        too_long = x.shape[2] > ops.dispatch.SHORT_ATTENTION_MAX_SEQ_LEN
+        spatial_impl = "reference" if impl == "reference" or too_long else "auto"
         spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
     x = adapters.s_adapter(spatial, base=x, impl=impl) if adapters.s_adapter is not None else x + spatial
     if adapters.task_adapter is not None:  # Task-MSA: sequence = the V videos of the set

@@ -137,6 +137,8 @@ SHORT_ATTENTION_MAX_HEAD_DIM = 128
 
 def validate_short_attention(qkv: torch.Tensor, num_heads: int, axis: int) -> None:
     """User-input checks shared by every implementation; raises ValueError naming the bad value."""
+    if not qkv.is_floating_point():
+        raise ValueError(f"qkv must be a floating-point tensor, got {qkv.dtype}")
     if qkv.dim() < 2:
         raise ValueError(f"qkv must be [..., 3*D] with at least one leading dim, got shape {tuple(qkv.shape)}")
     if not -qkv.dim() <= axis < qkv.dim():
@@ -223,6 +225,21 @@ def validate_fused_adapter(
         raise ValueError(f"fc1_bias must be [R={hidden}], got {tuple(fc1_bias.shape)}")
     if fc2_bias is not None and fc2_bias.shape != (dim,):
         raise ValueError(f"fc2_bias must be [D={dim}], got {tuple(fc2_bias.shape)}")
+    if base is not None and base.shape != y.shape:
+        raise ValueError(f"base must have y's shape {tuple(y.shape)} (no broadcasting), got {tuple(base.shape)}")
+    named = {"y": y, "fc1_weight": fc1_weight, "fc1_bias": fc1_bias, "fc2_weight": fc2_weight}
+    named |= {"fc2_bias": fc2_bias, "base": base}
+    given = {name: t for name, t in named.items() if t is not None}
+    for name, t in given.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != y.device:
+            raise ValueError(f"{name} is on {t.device}, y on {y.device}: all tensors must be on one device")
+    # Outside autocast the matmuls need one dtype (inside it, autocast casts them to its own).
+    if not torch.is_autocast_enabled(y.device.type):
+        mixed = {name: t.dtype for name, t in given.items() if t.dtype != y.dtype and name != "base"}
+        if mixed:
+            raise ValueError(f"y is {y.dtype} but {mixed}: cast them to one dtype, or run under torch.autocast")
 
 
 def _fused_adapter_triton_reasons(

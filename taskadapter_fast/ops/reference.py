@@ -32,7 +32,7 @@ def short_attention_ref(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.T
     head_dim = dim // num_heads
     moved = qkv.movedim(axis, -2)  # [B..., L, 3D]
     batch_shape, seq_len = moved.shape[:-2], moved.shape[-2]
-    x = moved.reshape(-1, seq_len, 3, num_heads, head_dim)
+    x = moved.reshape(batch_shape.numel(), seq_len, 3, num_heads, head_dim)  # not -1: ambiguous when empty
     q, k, v = (t.transpose(1, 2) for t in x.unbind(2))  # each [B, H, L, hd]
     if seq_len <= _EXPLICIT_MAX_LEN:
         attn = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, L, L]

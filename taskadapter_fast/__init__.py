@@ -56,3 +56,7 @@ def __getattr__(name: str):
 
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __dir__() -> list[str]:  # the lazy names too, for dir() and tab completion
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -449,7 +449,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    """A multi-line message on one line: "; " between lines, a space after a line that ends in ":"."""
+    text = ""
+    for line in (line.strip() for line in str(error).splitlines()):
+        if line:
+            text += ("" if not text else " " if text.endswith(":") else "; ") + line
+    return text or type(error).__name__
 
 
 def run_cli(args, run_fn, interrupted: str = "interrupted") -> int:

@@ -435,6 +435,10 @@ def test_unreachable_pretrained_tag_says_where_it_looked_and_how_to_pass_a_file(
 
 
 # --------------------------------------------------------------------------------- bad input
+def test_public_names_are_listed_though_imported_lazily():
+    assert {"create_model", "load_corpus", "save_adapters", "load_adapters", "ops", "data"} <= set(dir(taf))
+
+
 def test_bad_inputs_get_clear_errors(model, episode):
     support, labels, query, _, names = episode
     corpus = make_corpus(3)

@@ -152,6 +152,8 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     shutil.copytree(setup["support"], notes_only)
     (notes_only / "clapping").mkdir()
     (notes_only / "clapping" / "notes.txt").write_text("a class whose videos are missing")
+    partial = tmp_path / "partial.yml"
+    partial.write_text(f"{setup['classes'][0]!r}: [a., b., c.]\n")
     cases = [
         ([*base, "--corpus", str(setup["dataset"].corpus), str(tmp_path / "missing.mp4")], "video not found"),
         ([*base, setup["queries"][0]], "--corpus FILE or --generate-corpus"),
@@ -159,6 +161,7 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
          "video not found: q.mp4"),  # checked before the model loads
         ([*base[:3], str(empty_classes), "--corpus", "x", setup["queries"][0]], "at least two class folders"),
         ([*base[:3], str(notes_only), "--corpus", "x", setup["queries"][0]], "no example videos (found notes.txt)"),
+        ([*base, "--corpus", str(partial), setup["queries"][0]], "class(es) missing: - '"),  # not "missing:; -"
     ]  # fmt: skip
     for args, reason in cases:
         assert main(args) != 0

@@ -117,14 +117,21 @@ class ChatServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path != "/v1/chat/completions":
+                path, _, query = self.path.partition("?")
+                if path != "/v1/chat/completions":
                     return self._send(404, {}, b'{"error": "not found"}')
                 label = _LABEL_RE.fullmatch(body["messages"][-1]["content"]).group(1)
                 with server.lock:
                     server.counts[label] += 1
                     n = server.counts[label]
                     server.log.append(
-                        {"label": label, "time": time.monotonic(), "body": body, "auth": self.headers["Authorization"]}
+                        {
+                            "label": label,
+                            "time": time.monotonic(),
+                            "body": body,
+                            "auth": self.headers["Authorization"],
+                            "query": query,
+                        }
                     )
                 reply = server.behaviour(label, n)
                 if reply == "DROP":
@@ -148,8 +155,16 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                # A client that gave up (--timeout) before a slow answer: nothing to report, and the default
+                # traceback would land in whatever stderr a later in-process run has redirected.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -255,6 +270,11 @@ def test_load_errors_name_the_file_and_every_bad_entry(tmp_path):
     missing = tmp_path / "nowhere.yml"
     with pytest.raises(FileNotFoundError, match="nowhere.yml"):
         load_corpus(missing)
+
+    control = tmp_path / "control.yml"
+    control.write_text("a\x7f: [x, y, z]\n", encoding="utf-8")  # DEL: a character YAML refuses
+    with pytest.raises(ValueError, match=r"control\.yml: not a valid YAML corpus file.*#x007f"):
+        load_corpus(control)
 
     broken = tmp_path / "broken.yml"
     broken.write_text("a:\n  label: a\n  sub_act_en_li: ['x', 'y'\nb: 1\n")
@@ -494,6 +514,30 @@ def test_generate_retries_errors_and_malformed_answers(tmp_path, chat_server):
     assert load_corpus(tmp_path / "corpus.json") == {"brush hair": _stages("brush hair"), "clap": _stages("clap")}
     clap_times = [entry["time"] for entry in server.log if entry["label"] == "clap"]
     assert clap_times[2] - clap_times[1] >= 0.9  # Retry-After: 1 honoured; --backoff alone waits 1 ms
+
+
+def test_generate_gives_up_on_a_slow_label_only(tmp_path, chat_server):
+    def slow(label, n):
+        if label == "slow":
+            time.sleep(1.0)
+        return _good(label, n)
+
+    server = chat_server(slow)
+    result = _generate(tmp_path, server, ["brush hair", "slow", "clap"], "--timeout", "0.3", "--max-retries", "1")
+    _assert_one_line_error(result)
+    assert "1 of 3 labels failed ('slow')" in result.stderr and "no answer within --timeout 0.3 s" in result.stderr
+    assert server.counts["clap"] == 1  # the labels after it were still asked
+    assert load_corpus(tmp_path / "corpus.yml") == {"brush hair": _stages("brush hair"), "clap": _stages("clap")}
+
+
+def test_generate_writes_yaml_hostile_labels_and_keeps_the_endpoints_query(tmp_path, chat_server):
+    labels = ["trailing colon:", "-", "?", "it\x92s a door", "del\x7f", "yes", "- leading dash", "Öffnen von etwas"]
+    server = chat_server(_good)
+    server.base_url += "?api-version=2024-06-01"  # Azure-style endpoints carry a query
+    result = _generate(tmp_path, server, labels)
+    assert result.returncode == 0, result.stderr
+    assert {entry["query"] for entry in server.log} == {"api-version=2024-06-01"}
+    assert load_corpus(tmp_path / "corpus.yml") == {label: _stages(label) for label in labels}
 
 
 def test_generate_reports_a_label_that_never_gets_three_stages(tmp_path, chat_server):

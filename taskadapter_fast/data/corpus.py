@@ -36,7 +36,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -118,8 +118,9 @@ class _CorpusYamlLoader(yaml.SafeLoader):
 
 
 def _parse_yaml(text: str, source: str) -> tuple[object, list[tuple[str, list[int]]]]:
-    loader = _CorpusYamlLoader(text)
+    loader = None
     try:
+        loader = _CorpusYamlLoader(text)  # its reader already refuses characters YAML cannot hold
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -127,7 +128,8 @@ def _parse_yaml(text: str, source: str) -> tuple[object, list[tuple[str, list[in
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValueError(f"{source}: not a valid YAML corpus file{where}: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, loader.duplicate_keys
 
 
@@ -247,14 +249,19 @@ def _yaml_scalar(text: str) -> str:
     # Single quotes as in the official files; double-quoted JSON escapes for what they cannot hold.
     if text.isprintable() and text == text.strip():
         return "'" + text.replace("'", "''") + "'"
-    return json.dumps(text, ensure_ascii=False)
+    return _NOT_YAML_PRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
+
+
+# Characters a YAML stream may not hold literally (DEL, C1 controls, surrogates, U+FFFE/F) or would read as a
+# line break (NEL, U+2028/9); JSON leaves them unescaped, a double-quoted YAML scalar takes \uXXXX for them.
+_NOT_YAML_PRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
 
 
 def _yaml_plain(name: str) -> str:
     """The text bare, as the official files write keys and labels, when YAML reads it back unchanged."""
     if name and name.isprintable() and name == name.strip():
-        try:
-            if yaml.safe_load(f"{name}: 0\n") == {name: 0}:
+        try:  # bare both as a key and as the `label:` value (`x:` reads as a key, `-` as a list)
+            if yaml.safe_load(f"{name}: 0\nlabel: {name}\n") == {name: 0, "label": name}:
                 return name
         except yaml.YAMLError:
             pass
@@ -547,6 +554,7 @@ class _ChatSettings:
     max_retries: int
     backoff: float
     opener: urllib.request.OpenerDirector
+    answered: threading.Event = field(default_factory=threading.Event)  # the server has answered this run
 
 
 def _is_loopback(url: str) -> bool:
@@ -620,6 +628,7 @@ def _chat_once(settings: _ChatSettings, label: str) -> str:
         with settings.opener.open(request, timeout=settings.timeout) as response:
             payload = response.read()
     except urllib.error.HTTPError as exc:
+        settings.answered.set()
         detail = _short(exc.read().decode("utf-8", "replace")) if exc.fp is not None else ""
         message = f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
         if exc.code in _RETRY_STATUS or exc.code >= 500:
@@ -629,7 +638,10 @@ def _chat_once(settings: _ChatSettings, label: str) -> str:
         raise _LabelFailed(message) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, TimeoutError):
+            reason = f"no answer within --timeout {settings.timeout:g} s"
         raise _Retryable(f"connection error: {reason}", connection=True) from None
+    settings.answered.set()
     return _answer_text(payload)
 
 
@@ -659,7 +671,7 @@ def _ask_stages(settings: _ChatSettings, label: str, stop: threading.Event) -> l
                 delay = min(settings.backoff * 2**attempt, _MAX_BACKOFF_S) * random.uniform(1.0, 1.25)
             if stop.wait(delay):
                 raise _Stopped()
-    if only_connection_errors:
+    if only_connection_errors and not settings.answered.is_set():  # once it has answered, one slow label is no reason
         raise _Fatal(f"cannot reach {settings.url} after {attempts} attempts: {last_problem}")
     raise _LabelFailed(f"{last_problem} (after {attempts} attempts)")
 
@@ -733,7 +745,7 @@ def generate(
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise CommandError(f"--base-url {base_url!r} is not an http(s) URL such as https://api.openai.com/v1")
-    url = base_url.rstrip("/") + "/chat/completions"
+    url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
     api_key = os.environ.get(api_key_env) or None
     if api_key is None and not _is_loopback(base_url):
         raise CommandError(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import fcntl
 import time
 from pathlib import Path
 
@@ -77,13 +76,20 @@ def test_an_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_synthetic_dataset(tmp_path / "data", **SMALL)
     assert list(tmp_path.iterdir()) == []
-    # A generator killed outright leaves its temporary folder; the next run removes it.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftover = tmp_path / f".data.tmp-{int(dead.stdout)}-0badf00d"
+    # A generator killed outright leaves its temporary folder (and lock file, nobody's lock now); the next run
+    # removes them. One whose lock is held is alive (perhaps in another container or on another host sharing
+    # the cache, where its process id would say nothing): left alone.
+    leftover = tmp_path / ".data.tmp-0badf00d"
     (leftover / "frames").mkdir(parents=True)
+    (tmp_path / ".data.tmp-0badf00d.lock").write_text("")
+    alive = tmp_path / ".data.tmp-a11ve"
+    (alive / "frames").mkdir(parents=True)
     monkeypatch.undo()
-    made = make_synthetic_dataset(tmp_path / "data", **SMALL)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and made.root == tmp_path / "data"
+    with open(tmp_path / ".data.tmp-a11ve.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = make_synthetic_dataset(tmp_path / "data", **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.tmp-a11ve", ".data.tmp-a11ve.lock", "data"]
+    assert made.root == tmp_path / "data"
 
 
 def test_bad_parameters_and_foreign_folders_are_refused(tmp_path):

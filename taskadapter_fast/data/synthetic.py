@@ -23,6 +23,7 @@ interrupted run never leaves half a dataset behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -466,29 +467,42 @@ def make_synthetic_dataset(
         raise ValueError(f"{folder} exists and is not a synthetic dataset (no dataset.json); choose another root")
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(folder)
-    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        temporary.mkdir()
-        _generate(temporary, params)
+    temporary = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+    # The generator holds a lock on <temporary>.lock while it works: others know it is alive by the lock, not
+    # by a process id (which says nothing across containers or hosts sharing the cache).
+    with open(_lock_file(temporary), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            os.rename(temporary, folder)  # atomic; replaces an empty folder
-        except OSError:
-            if not (folder / "dataset.json").is_file():  # not a concurrent generator that finished first
-                raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir()
+            _generate(temporary, params)
+            try:
+                os.rename(temporary, folder)  # atomic; replaces an empty folder
+            except OSError:
+                if not (folder / "dataset.json").is_file():  # not a concurrent generator that finished first
+                    raise
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+            _lock_file(temporary).unlink(missing_ok=True)
     return _checked(folder, params)
 
 
+def _lock_file(temporary: Path) -> Path:
+    return temporary.with_name(temporary.name + ".lock")
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary folders left by generators that were killed (their process is gone)."""
+    """Delete what generators that were killed left: temporary folders whose lock nobody holds."""
     for candidate in folder.parent.glob(f".{folder.name}.tmp-*"):
+        if candidate.name.endswith(".lock"):
+            continue
         try:
-            pid = int(candidate.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(candidate, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
+            with open(_lock_file(candidate), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its generator is gone
+                shutil.rmtree(candidate, ignore_errors=True)
+                _lock_file(candidate).unlink(missing_ok=True)
+        except BlockingIOError:
+            continue  # a live generator holds it
+        except OSError:
             continue
 
 

@@ -150,6 +150,8 @@ def _cpu_name() -> str:
 
 def _record(benchmark, name: str, source: str, device_name: str) -> None:
     """Throughput from the median round; the device is the GPU only for dali_gpu."""
+    if benchmark.stats is None:  # --benchmark-disable: the case ran once, untimed
+        return
     device_name = device_name if name == "dali_gpu" else _cpu_name()
     seconds = benchmark.stats.stats.median
     benchmark.extra_info.update(

@@ -54,3 +54,29 @@ def test_results_table_is_written_from_the_benchmark_json(tmp_path):
         row = next(line for line in table.splitlines() if line.startswith(f"| {case['name']} |"))
         mean_ms = float(row.split("|")[2].replace(",", ""))
         assert abs(mean_ms - case["stats"]["mean"] * 1e3) <= 0.01 * case["stats"]["mean"] * 1e3
+
+
+def test_flops_are_counted_on_meta_copies_as_on_real_tensors():
+    # The model benchmarks count a step's FLOPs on meta-device copies (nothing computed); every op on the way,
+    # the dispatcher's checks included, must run there and count what the real tensors would.
+    import copy
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import taskadapter_fast as taf
+
+    torch.manual_seed(0)
+    model = taf.create_model("tiny")
+
+    def count(device: str) -> int:
+        visual, clip_visual = (copy.deepcopy(module).to(device) for module in (model.visual, model.clip.visual))
+        videos = torch.zeros(2, model.config.num_frames, 3, 32, 32, device=device)
+        # the math backend on both: FlopCounterMode does not see inside the CPU flash-attention kernel
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            tokens = visual.encode_prefix(clip_visual, videos, impl="reference")
+            visual.encode_suffix(clip_visual, tokens, impl="reference").sum().backward()
+        return counter.get_total_flops()
+
+    assert count("meta") == count("cpu") > 0

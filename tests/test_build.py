@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,35 @@ def _build(src: Path, temp: Path, lib: Path) -> subprocess.CompletedProcess:
     shutil.which("cmake") is None or importlib.util.find_spec("pybind11") is None,
     reason="the build tools are not installed here (pip install '.[test]' brings cmake, ninja and pybind11)",
 )
-def test_a_second_build_ignores_the_cmake_cache_of_a_vanished_build_environment(tmp_path):
+def test_the_sdist_builds_and_a_second_build_ignores_a_vanished_build_environment(tmp_path):
+    # The sources are those of an sdist made from a copy of the checkout, so the build also proves the sdist
+    # carries what it needs (CMakeLists.txt and csrc/ come through MANIFEST.in).
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("setup.py", "pyproject.toml", "CMakeLists.txt", "MANIFEST.in", "README.md"):
+        shutil.copy2(ROOT / name, checkout / name)
+    for name in ("csrc", "taskadapter_fast", "kernels"):
+        shutil.copytree(ROOT / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    sdist = subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
+        cwd=checkout,
+        env={key: value for key, value in os.environ.items() if key != "TAF_BUILD_EXT"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sdist.returncode == 0, sdist.stdout + sdist.stderr
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+            tar.extractall(tmp_path / "unpacked", filter="data")
+        else:
+            tar.extractall(tmp_path / "unpacked")  # noqa: S202 - our own archive
+    (src,) = (tmp_path / "unpacked").iterdir()
+    assert (src / "CMakeLists.txt").is_file() and (src / "csrc" / "bindings.cpp").is_file()
+
     # pip builds each `pip install .` in a throw-away environment: the next build must not trust a CMake cache
     # that names the previous environment's ninja, which is gone by then
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "CMakeLists.txt"):
-        shutil.copy2(ROOT / name, src / name)
-    for name in ("csrc", "taskadapter_fast", "kernels"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     temp, lib = tmp_path / "temp", tmp_path / "lib"
     first = _build(src, temp, lib)
     assert first.returncode == 0, first.stdout + first.stderr

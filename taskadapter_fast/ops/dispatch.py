@@ -96,9 +96,18 @@ def select(op: str, impls: tuple[Implementation, ...], impl: str, device: torch.
     return chosen
 
 
+def autocast_on(device: torch.device) -> bool:
+    """Whether autocast is on for `device`'s type; False for types autocast does not know (meta, where the
+    benchmarks count FLOPs)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype the reference's matmuls run in: the autocast dtype inside autocast, else t's own."""
-    if t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
+    if t.is_floating_point() and t.dtype != torch.float64 and autocast_on(t.device):
         return torch.get_autocast_dtype(t.device.type)
     return t.dtype
 
@@ -236,7 +245,7 @@ def validate_fused_adapter(
         if t.device != y.device:
             raise ValueError(f"{name} is on {t.device}, y on {y.device}: all tensors must be on one device")
     # Outside autocast the matmuls need one dtype (inside it, autocast casts them to its own).
-    if not torch.is_autocast_enabled(y.device.type):
+    if not autocast_on(y.device):
         mixed = {name: t.dtype for name, t in given.items() if t.dtype != y.dtype and name != "base"}
         if mixed:
             raise ValueError(f"y is {y.dtype} but {mixed}: cast them to one dtype, or run under torch.autocast")

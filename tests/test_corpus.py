@@ -516,6 +516,18 @@ def test_generate_retries_errors_and_malformed_answers(tmp_path, chat_server):
     assert clap_times[2] - clap_times[1] >= 0.9  # Retry-After: 1 honoured; --backoff alone waits 1 ms
 
 
+def test_retry_after_hints():
+    from email.utils import formatdate
+
+    from taskadapter_fast.data.corpus import _MAX_RETRY_AFTER_S, _retry_after
+
+    assert _retry_after("2") == 2.0 and _retry_after("-5") == 0.0
+    assert _retry_after("99999") == _MAX_RETRY_AFTER_S
+    assert 8.0 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10.0
+    for useless in (None, "", "soon", "NaN", "nan"):
+        assert _retry_after(useless) is None, useless
+
+
 def test_generate_gives_up_on_a_slow_label_only(tmp_path, chat_server):
     def slow(label, n):
         if label == "slow":

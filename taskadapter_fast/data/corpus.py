@@ -586,6 +586,8 @@ def _retry_after(value: str | None) -> float | None:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
             return None
+    if seconds != seconds:  # "NaN" parses as a float: no usable hint, so the usual backoff
+        return None
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
 
 
@@ -946,7 +948,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_number(float, 0.001, "--timeout"),
         default=60.0,
-        help="seconds per request (default: %(default)s)",
+        help="seconds to wait for the server to connect or send more of its answer (default: %(default)s)",
     )
     gen.add_argument(
         "--concurrency",

@@ -49,6 +49,7 @@ import torch
 
 from ._atomic import atomic_write_bytes
 from .data.decode import (
+    FRAME_NAME,
     SkipCounter,
     VideoDecodeError,
     count_frame_files,
@@ -58,6 +59,7 @@ from .data.decode import (
     video_kind,
 )
 from .data.sampler import EpisodeSampler, crop_offsets, format_listing, frame_indices
+from .ops.dispatch import autocast_on
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +361,15 @@ class EpisodeLoader:
             f"({self.skipped.count} skipped so far); check the dataset with `python -m taskadapter_fast.data prepare`"
         )
 
+    @property
+    def rows_digest(self) -> str:
+        """A digest of the rows in order, each as class/file name (not the full path, so a dataset moved to
+        another root still matches): an episodes file names rows by position, and this binds them to videos."""
+        digest = hashlib.blake2b(digest_size=12)
+        for row in self.rows:
+            digest.update(f"{row.class_name}/{Path(row.path).name}\n".encode())
+        return digest.hexdigest()
+
     def check_plan(self, plan: EpisodePlan) -> None:
         """Raise ValueError unless `plan` (e.g. read from an episodes file) fits these rows and settings."""
         rows = plan.rows
@@ -515,6 +526,21 @@ def prefix_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _content_version(path: str, indices: tuple[int, ...]) -> tuple:
+    """(mtime_ns, size) of a video file, or of the frame files `indices` read from a frame folder."""
+    files = [Path(path)]
+    if files[0].is_dir():
+        files = [files[0] / FRAME_NAME.format(index + 1) for index in sorted(set(indices))]
+    version = []
+    for file in files:
+        try:
+            stat = file.stat()
+            version.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            version.append(None)  # past the folder's end (the last frame is read): its name has no file
+    return tuple(version)
+
+
 class PrefixCache:
     """Frozen-prefix tokens [T, N, D] per (video, frame indices, crop): an in-memory LRU, optionally on disk.
 
@@ -550,7 +576,10 @@ class PrefixCache:
         return len(self._entries)
 
     def bind(self, model: torch.nn.Module) -> None:
-        fingerprint = prefix_fingerprint(model)
+        # Tokens computed under autocast are in its dtype: a bf16 run and an fp32 run keep separate entries.
+        device = next(model.parameters()).device
+        dtype = torch.get_autocast_dtype(device.type) if autocast_on(device) else next(model.parameters()).dtype
+        fingerprint = f"{prefix_fingerprint(model)}-{str(dtype).removeprefix('torch.')}"
         if fingerprint != self.fingerprint:
             with self._lock:
                 self._entries.clear()
@@ -565,8 +594,11 @@ class PrefixCache:
 
     @staticmethod
     def key(path: str, indices_T: np.ndarray, crop: np.ndarray | None, image_size: int) -> tuple:
+        """What a cached entry stands for, the version of the file(s) read included: a video replaced at the
+        same path (or a frame file of it) must not be served from a disk cache of the old one."""
         crop_key = None if crop is None else tuple(int(v) for v in crop)
-        return (str(path), tuple(int(v) for v in indices_T), crop_key, int(image_size))
+        indices = tuple(int(v) for v in indices_T)
+        return (str(path), indices, crop_key, int(image_size), _content_version(path, indices))
 
     def _file(self, key: tuple) -> Path:
         name = hashlib.blake2b(repr(key).encode(), digest_size=20).hexdigest()
@@ -804,7 +836,7 @@ def evaluate(
                     cached = model.encode_video_prefix(clip.to(device=device, dtype=dtype))[0]
                     prefix_cache.put(video_key(plan, position), cached)
                 tokens[position] = cached
-        return torch.stack([t.to(device=device, dtype=dtype) for t in tokens])
+        return torch.stack([t.to(device=device) for t in tokens])  # the dtype they were computed in, cached or not
 
     per_episode: list[float] = []
     evaluated_ids: list[int] = []

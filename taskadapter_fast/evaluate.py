@@ -120,7 +120,7 @@ def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> A
 
 def split_rows(data: Any, subset: str = "test") -> tuple[list, str | None, str]:
     """-> (manifest rows of the `subset` split, corpus path or None, a description of the split)."""
-    from .data.splits import read_split
+    from .data.splits import read_split, rows_of_split
 
     if data.dataset == "synthetic":
         from .data.synthetic import make_synthetic_dataset
@@ -133,7 +133,7 @@ def split_rows(data: Any, subset: str = "test") -> tuple[list, str | None, str]:
             f"no {subset} split: pass --split FILE (and --root DIR, --corpus FILE), or --dataset synthetic"
         )
     rows = read_split(split, format=data.format, root=data.root, class_names=data.class_names)
-    return rows, data.corpus, str(split)
+    return rows_of_split(rows, subset, split), data.corpus, str(split)
 
 
 def load_corpus_for(model, corpus_path: str | None):
@@ -159,6 +159,7 @@ def write_episodes_file(path: str | os.PathLike, loader, plans, split: str) -> P
         "version": EPISODES_VERSION,
         "split": split,
         "num_rows": len(loader.rows),
+        "rows_digest": loader.rows_digest,
         "n_way": loader.n_way,
         "n_shot": loader.n_shot,
         "n_query": loader.n_query,
@@ -419,6 +420,11 @@ def run(args: argparse.Namespace) -> int:
             loader = make_loader(
                 int(header["n_way"]), int(header["n_shot"]), int(header["n_query"]), int(header["seed"])
             )
+            if header.get("rows_digest", loader.rows_digest) != loader.rows_digest:
+                raise ValueError(
+                    f"{args.episodes_file} was saved for other videos of {len(rows)} rows ({header.get('split')}): "
+                    f"this split ({split}) lists other files or another order, so its row numbers name other videos"
+                )
             seed = loader.seed
         else:
             loader = make_loader(data.n_way, data.n_shot, data.n_query, seed)

@@ -133,7 +133,7 @@ class RunData:
 def prepare_data(run: RunConfig) -> RunData:
     """Read (and for the synthetic dataset, generate once) the three splits and the corpus."""
     from .data.corpus import load_corpus, validate_corpus
-    from .data.splits import read_split
+    from .data.splits import read_split, rows_of_split
 
     data: DataConfig = run.data
     if data.dataset == "synthetic":
@@ -147,7 +147,11 @@ def prepare_data(run: RunConfig) -> RunData:
         sources = {split: str(getattr(data, f"{split}_split")) for split in SPLITS}
         corpus_path = data.corpus
         rows = {
-            split: read_split(sources[split], format=data.format, root=data.root, class_names=data.class_names)
+            split: rows_of_split(
+                read_split(sources[split], format=data.format, root=data.root, class_names=data.class_names),
+                split,
+                sources[split],
+            )
             for split in SPLITS
         }
     for split in SPLITS:
@@ -886,6 +890,9 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
         episodes_file = {
             "split": "test",
             "source": data.source["test"],
+            "num_rows": len(loader.rows),
+            "rows_digest": loader.rows_digest,
+            "image_size": loader.image_size,
             "seed": tcfg.eval_seed,
             "n_way": run.data.n_way,
             "n_shot": run.data.n_shot,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,40 @@ def test_cache_is_invalidated_when_the_prefix_weights_change(test_rows, corpus):
     assert cached.cache_hits == 0
     plain = evaluate(model, loader, [0], corpus, cache=False, progress=False, keep_scores=True)
     torch.testing.assert_close(cached.scores[0], plain.scores[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_keys_change_when_a_video_is_replaced_at_the_same_path(tmp_path):
+    video = tmp_path / "v.webm"
+    video.write_bytes(b"first version")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for number in range(1, 4):
+        (frames / f"img_{number:05d}.jpg").write_bytes(b"x" * number)
+    indices = np.array([0, 2])
+    before = [PrefixCache.key(str(path), indices, None, 32) for path in (video, frames)]
+    time.sleep(0.01)  # a distinct modification time even on coarse clocks
+    video.write_bytes(b"second, longer version")
+    (frames / "img_00003.jpg").write_bytes(b"another frame")
+    after = [PrefixCache.key(str(path), indices, None, 32) for path in (video, frames)]
+    assert after[0] != before[0] and after[1] != before[1]
+    assert PrefixCache.key(str(frames), np.array([0, 1]), None, 32) == PrefixCache.key(
+        str(frames), np.array([0, 1]), None, 32
+    )
+
+
+def test_cache_keeps_bf16_and_fp32_tokens_apart(model, test_rows, corpus, tmp_path):
+    loader = _loader(test_rows)
+    ids = [0, 1]
+    evaluate(model, loader, ids, corpus, cache=PrefixCache(directory=tmp_path / "prefix"), progress=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = evaluate(model, loader, ids, corpus, cache=False, progress=False, keep_scores=True)
+        cached = evaluate(
+            model, loader, ids, corpus, cache=PrefixCache(directory=tmp_path / "prefix"), progress=False,
+            keep_scores=True,
+        )  # fmt: skip
+    assert cached.cache_hits == 10 * len(ids) - cached.cache_misses and cached.cache_misses > 0  # fp32 unused
+    for a, b in zip(plain.scores, cached.scores, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
 def test_lru_cache_is_bounded_by_bytes():

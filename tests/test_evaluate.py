@@ -86,6 +86,15 @@ def test_checkpoint_alone_retests_and_episodes_replay_identically(setup):
     replay = json.loads((folder / "o2.json").read_text())
     assert replay["per_episode"] == report["per_episode"] and replay["episode_ids"] == report["episode_ids"]
 
+    # The same videos listed in another order: the saved row numbers would name other videos.
+    test_split = dataset.split_files["test"]
+    reordered = folder / "test_reordered.txt"
+    reordered.write_text("".join(reversed(test_split.read_text().splitlines(keepends=True))))
+    refused = _cli("--checkpoint", setup["checkpoint"], "--episodes-file", folder / "episodes.json",
+                   "--split", reordered, "--root", dataset.root, "--corpus", dataset.corpus, "--no-progress",
+                   check=False)  # fmt: skip
+    assert refused.returncode != 0 and "lists other files or another order" in refused.stderr, refused.stderr
+
 
 def test_explicit_split_inductive_and_no_cache(setup, capsys):
     folder, dataset = setup["folder"], setup["dataset"]

@@ -16,6 +16,7 @@ from taskadapter_fast.data.splits import (
     SplitFormatError,
     detect_format,
     read_manifest,
+    rows_of_split,
     write_manifest,
 )
 
@@ -184,6 +185,17 @@ def test_folder_per_class_layout(tmp_path):
     ]
 
 
+def test_folder_per_class_frame_folders_named_otherwise_are_reported_not_dropped(tmp_path):
+    make_frame_folder(tmp_path / "mine" / "clapping" / "good", 8)
+    (tmp_path / "mine" / "waving" / "odd").mkdir(parents=True)
+    for number in range(1, 9):
+        (tmp_path / "mine" / "waving" / "odd" / f"frame_{number}.jpg").write_bytes(b"")
+    out = tmp_path / "m.jsonl"
+    result = run_prepare("--split", tmp_path / "mine", "--out", out, "--no-progress")
+    assert "2 videos listed, 1 written" in result.stderr and "1 unreadable" in result.stderr
+    assert "odd" in result.stderr and "no img_*.jpg frames" in result.stderr
+
+
 def test_a_repeated_line_reads_its_video_once_and_says_so(tmp_path, caplog):
     for name in ("a", "b"):
         make_frame_folder(tmp_path / name / "v", 9)
@@ -331,6 +343,15 @@ def test_prepare_probes_frame_counts_and_reports_every_missing_video(tmp_path):
         ("clapping", "train", 0, 7),
         ("jumping", "test", 0, 11),
     ]
+    # One manifest for several splits: each run config key (and evaluate's --subset) takes its own rows.
+    from taskadapter_fast.evaluate import split_rows
+    from taskadapter_fast.runconfig import DataConfig
+
+    assert [r.class_name for r in rows_of_split(rows, "train", out)] == ["clapping", "clapping"]
+    test_rows, _, _ = split_rows(DataConfig(test_split=str(out)), "test")
+    assert [r.class_name for r in test_rows] == ["jumping"]
+    with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\], none of them 'val'"):
+        rows_of_split(rows, "val", out)
 
 
 def test_prepare_exit_status_for_bad_split_files(tmp_path):

@@ -332,7 +332,7 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
             item = class_dir / name
             if not is_dir and item.suffix.lower() in VIDEO_EXTENSIONS:
                 kind = "video"
-            elif is_dir and any(entry.startswith("img_") for entry in index.entries(item)):
+            elif is_dir:  # a frame folder; one not named img_00001.jpg... is reported by prepare (and decoding)
                 kind = "frames"
             else:
                 continue
@@ -343,6 +343,18 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
             "or <class>/<frame folder>/img_00001.jpg)"
         )
     return rows
+
+
+def rows_of_split(rows: list[ManifestRow], wanted: str, source: str | os.PathLike) -> list[ManifestRow]:
+    """The rows of split `wanted` when `rows` hold several splits (a manifest `prepare` wrote from several
+    split files), else all of them. Raises ValueError when several are there and none is `wanted`."""
+    found = sorted({row.split for row in rows})
+    if len(found) <= 1:
+        return rows
+    chosen = [row for row in rows if row.split == wanted]
+    if not chosen:
+        raise ValueError(f"{source} holds the splits {found}, none of them {wanted!r}: pass that split's own file")
+    return chosen
 
 
 def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[ManifestRow]:

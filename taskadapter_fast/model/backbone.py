@@ -32,7 +32,7 @@ def _pretrained_error(model_name: str, pretrained: str, reason: str) -> RuntimeE
     return RuntimeError(
         f"cannot load CLIP weights pretrained={pretrained!r} for model {model_name!r}: {reason.splitlines()[0]}. "
         f"Looked in: {where}. Without network access, download the checkpoint elsewhere and pass its local path, "
-        f"e.g. pretrained='/path/to/{model_name}.pt' (or --model.pretrained=/path/to/file on the command line)."
+        f"e.g. pretrained='/path/to/{model_name}.pt' (or model.pretrained=/path/to/file on the command line)."
     )
 
 

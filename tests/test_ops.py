@@ -77,6 +77,31 @@ def assert_adapter_parity(inputs, skip: bool) -> None:
     assert not failures, failures
 
 
+def test_parity_check_catches_a_gradient_one_bf16_step_off():
+    # The exact run must see the same (rounded) grad_out as the runs it judges: base's gradient is grad_out
+    # itself, exactly, so a backward that shifts it by about one bf16 step must fail the 2x rule.
+    class ShiftedGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad + 0.004
+
+    def reference(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base):
+        return ops.fused_adapter_ref(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base, skip=True)
+
+    def shifted(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base):
+        return reference(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, ShiftedGrad.apply(base))
+
+    inputs = [randn(13, 40, seed=0), randn(10, 40, seed=1), randn(10, seed=2), randn(40, 10, seed=3)]
+    inputs = [t.bfloat16().requires_grad_() for t in [*inputs, randn(40, seed=4), randn(13, 40, seed=5)]]
+    assert check_parity(reference, reference, inputs, floor=1e-3) == []
+    failures = check_parity(shifted, reference, inputs, floor=1e-3)
+    assert len(failures) == 1 and failures[0].startswith("grad 5:"), failures
+
+
 # short_attention parity ----------------------------------------------------------------------------
 
 

@@ -440,6 +440,11 @@ def test_bad_episode_indices_are_refused(backend):
         sampler.episodes(0, -2)
     with pytest.raises(ValueError, match="start must be in .*got -5"):
         sampler.episodes(-5, 1)
+    with pytest.raises(ValueError, match=f"index must be in \\[0, {2**63 - 2}\\], got {2**63 - 1}"):
+        sampler.episode(2**63 - 1)  # the last int64: episode index..index+1 would leave the range
+    for name in ("n_way", "n_shot", "n_query", "seed"):  # checked against the classes once: read-only
+        with pytest.raises(AttributeError):
+            setattr(sampler, name, 3)
 
 
 def test_bad_frame_counts_are_refused(backend):
@@ -450,6 +455,10 @@ def test_bad_frame_counts_are_refused(backend):
         frame_indices([4, 10.5])
     with pytest.raises(ValueError, match=r"num_frames must be 1-D, got shape \(2, 2\)"):
         frame_indices([[4, 5], [6, 7]])
+    with pytest.raises(ValueError, match=r"num_frames must be a 1-D sequence of ints"):
+        frame_indices([[1], [2, 3]])
+    with pytest.raises(ValueError, match=r"num_frames\[0\] must be in \[1, 2147483647\], got 2361183241434822606848"):
+        frame_indices([2**71])
     with pytest.raises(ValueError, match="num_segments must be in .*got 0"):
         frame_indices([10], 0)
     with pytest.raises(TypeError, match="train must be a bool, got str 'yes'"):

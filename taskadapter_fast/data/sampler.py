@@ -143,7 +143,10 @@ def format_listing(items: list[str]) -> str:
 
 def _int_array(name: str, values, minimum: int, maximum: int, dtype) -> np.ndarray:
     """values as a 1-D array of `dtype`, every element an int in [minimum, maximum]."""
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except ValueError as error:  # ragged nesting, e.g. [[1], [2, 3]]
+        raise ValueError(f"{name} must be a 1-D sequence of ints ({error})") from None
     if array.ndim == 0:
         array = array.reshape(1)
     if array.ndim != 1:
@@ -299,10 +302,11 @@ class EpisodeSampler:
     """
 
     def __init__(self, videos_per_class: Sequence[Sequence[int]], n_way: int, n_shot: int, n_query: int, seed: int):
-        self.n_way = _check_int("n_way", n_way, 1, _MAX_RANGE)
-        self.n_shot = _check_int("n_shot", n_shot, 1, _MAX_RANGE)
-        self.n_query = _check_int("n_query", n_query, 1, _MAX_RANGE)
-        self.seed = _check_seed(seed)
+        # Read-only (properties below): they were checked against the classes here, once.
+        self._n_way = _check_int("n_way", n_way, 1, _MAX_RANGE)
+        self._n_shot = _check_int("n_shot", n_shot, 1, _MAX_RANGE)
+        self._n_query = _check_int("n_query", n_query, 1, _MAX_RANGE)
+        self._seed = _check_seed(seed)
         per_class = self.n_shot + self.n_query
         if self.n_way * (1 + per_class) > _MAX_RANGE:
             raise ValueError(
@@ -347,9 +351,14 @@ class EpisodeSampler:
             raise ValueError(f"videos_per_class[{c}] lists video(s) more than once: {repeated}")
         return array
 
+    n_way = property(lambda self: self._n_way, doc="classes per episode (C)")
+    n_shot = property(lambda self: self._n_shot, doc="support videos per class (K)")
+    n_query = property(lambda self: self._n_query, doc="query videos per class (Q)")
+    seed = property(lambda self: self._seed, doc="the episode stream's seed")
+
     def episode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Episode ``index`` -> (classes [C], support [C, K], query [C, Q]), int64."""
-        index = _check_int("index", index, 0, _MAX_I64)
+        index = _check_int("index", index, 0, _MAX_I64 - 1)  # episodes index..index+1 must stay in int64
         classes, support, query = self._sample(index, 1)
         return classes[0], support[0], query[0]
 
@@ -389,11 +398,7 @@ def frame_indices(num_frames, num_segments: int = 8, train: bool = False, seed: 
     Returns:
         [V, T] int64 array.
     """
-    num_frames = _int_array("num_frames", num_frames, -_MAX_I64 - 1, _MAX_I64, np.int64)
-    bad = np.flatnonzero((num_frames < 1) | (num_frames > _MAX_RANGE))
-    if bad.size:
-        listed = format_listing([f"num_frames[{p}] = {num_frames[p]}" for p in bad.tolist()])
-        raise ValueError(f"every frame count must be in [1, {_MAX_RANGE}]; got {listed}")
+    num_frames = _int_array("num_frames", num_frames, 1, _MAX_RANGE, np.int64)
     num_segments = _check_int("num_segments", num_segments, 1, _MAX_RANGE)
     train = _check_bool("train", train)
     seed = _check_seed(seed)

@@ -70,6 +70,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def needs_corpus(self) -> bool:
+        """Whether the prompts carry sub-actions (a corpus is needed): not for score="video" or sub_actions="none"."""
+        return self.score != "video" and self.sub_actions != "none"
+
+    @property
+    def official_compat_applies(self) -> bool:
+        """official_compat changes the scores (it transposes the semantic score, which score="both" multiplies)."""
+        return self.official_compat and self.score == "both"
+
     def validate(self) -> None:
         _check_choice("sub_actions", self.sub_actions, SUB_ACTION_MODES)
         _check_choice("alignment", self.alignment, ALIGNMENTS)

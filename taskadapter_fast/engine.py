@@ -577,8 +577,8 @@ class PrefixCache:
 
     def bind(self, model: torch.nn.Module) -> None:
         # Tokens computed under autocast are in its dtype: a bf16 run and an fp32 run keep separate entries.
-        device = next(model.parameters()).device
-        dtype = torch.get_autocast_dtype(device.type) if autocast_on(device) else next(model.parameters()).dtype
+        parameter = next(model.parameters())
+        dtype = torch.get_autocast_dtype(parameter.device.type) if autocast_on(parameter.device) else parameter.dtype
         fingerprint = f"{prefix_fingerprint(model)}-{str(dtype).removeprefix('torch.')}"
         if fingerprint != self.fingerprint:
             with self._lock:
@@ -781,10 +781,17 @@ def evaluate(
         prefix_cache.bind(model)
     hits0, misses0 = (prefix_cache.hits, prefix_cache.misses) if prefix_cache is not None else (0, 0)
 
+    # A key stats the video's file(s) (its version): once per distinct clip of this call, not at every lookup.
+    keys: dict[tuple, tuple] = {}
+
     def video_key(plan: EpisodePlan, position: int) -> tuple:
         crop = None if plan.crop_offsets is None else plan.crop_offsets[position]
-        path = loader.rows[int(plan.rows[position])].path
-        return PrefixCache.key(path, plan.frame_indices[position], crop, loader.image_size)
+        row, indices = int(plan.rows[position]), plan.frame_indices[position]
+        clip = (row, indices.tobytes(), None if crop is None else tuple(int(v) for v in crop))
+        key = keys.get(clip)
+        if key is None:
+            key = keys[clip] = PrefixCache.key(loader.rows[row].path, indices, crop, loader.image_size)
+        return key
 
     # Which videos to decode is decided in episode order, in this thread, as the prefetcher asks for
     # the next episode: a video is decoded by the first episode that needs it and found in the cache

@@ -140,7 +140,7 @@ def load_corpus_for(model, corpus_path: str | None):
     """The sub-action corpus the model needs (None when its prompts use no sub-actions)."""
     from .data.corpus import load_corpus
 
-    if model.config.sub_actions == "none" or model.config.score == "video":
+    if not model.config.needs_corpus:
         return load_corpus(corpus_path) if corpus_path else None
     if not corpus_path:
         raise UsageError("this model's prompts need sub-actions: pass --corpus FILE (the dataset's corpus)")
@@ -443,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
         report.update({"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": seed})
         report.update(result.to_dict())
         report["episodes_file"] = args.episodes_file
-    if model.config.official_compat and model.config.score == "both":
+    if model.config.official_compat_applies:
         from .model.task_adapter import OFFICIAL_COMPAT_NOTE
 
         report["official_compat_note"] = OFFICIAL_COMPAT_NOTE

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     class_names = support[0]
     stored = stored_run_config(args.checkpoint) if args.checkpoint else None
     model = load_model(args.checkpoint, args.preset, {}, resolve_device(args.device), stored)
-    needs_corpus = model.config.sub_actions != "none" and model.config.score != "video"
+    needs_corpus = model.config.needs_corpus
     if args.generate_corpus:
         out = args.corpus or str(Path(args.support) / "corpus.yaml")
         corpus = generate_corpus(class_names, out, args.base_url, args.llm_model, args.api_key_env)

@@ -154,8 +154,7 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
-        needs_corpus = self.model.score != "video" and self.model.sub_actions != "none"
-        if self.data.dataset == "splits" and self.data.corpus is None and needs_corpus:
+        if self.data.dataset == "splits" and self.data.corpus is None and self.model.needs_corpus:
             raise ValueError(
                 "data.dataset=splits needs data.corpus (the sub-action corpus file); "
                 "only model.score=video or model.sub_actions=none run without one"

@@ -157,7 +157,7 @@ def prepare_data(run: RunConfig) -> RunData:
     for split in SPLITS:
         if not rows[split]:
             raise ValueError(f"the {split} split {sources[split]} holds no videos")
-    needs_corpus = run.model.score != "video" and run.model.sub_actions != "none"
+    needs_corpus = run.model.needs_corpus
     corpus = load_corpus(corpus_path) if (needs_corpus and corpus_path) else None
     if needs_corpus:
         for split in SPLITS:
@@ -918,7 +918,7 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
         )
         runlog.record("untrained_test", state.episode, {"accuracy": untrained["accuracy"], "ci95": untrained["ci95"]})
         line += f"\ntest accuracy (untrained):          {untrained['accuracy']:6.2f} ± {untrained['ci95']:.2f} %"
-    if run.model.official_compat and run.model.score == "both":
+    if run.model.official_compat_applies:
         results["official_compat_note"] = OFFICIAL_COMPAT_NOTE
         line += f"\nnote: {OFFICIAL_COMPAT_NOTE}"
     if dist_info.is_main:

@@ -207,14 +207,19 @@ def test_schedules_step_and_restore(schedule):
         optimizer = torch.optim.SGD([param], lr=run.train.lr)
         return optimizer, build_scheduler(optimizer, run.train, steps_per_epoch=4)
 
+    def rates(optimizer, scheduler, steps: int) -> list[float]:
+        """The lr of each of `steps` optimizer steps."""
+        seen = []
+        for _ in range(steps):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
     optimizer, scheduler = make()
-    lrs = []
-    for _ in range(12):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-        if len(lrs) == 6:
-            saved = (optimizer.state_dict(), scheduler.state_dict())
+    lrs = rates(optimizer, scheduler, 6)
+    saved = (optimizer.state_dict(), scheduler.state_dict())
+    lrs += rates(optimizer, scheduler, 6)
     if schedule == "step":
         assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4)
     else:
@@ -223,24 +228,14 @@ def test_schedules_step_and_restore(schedule):
     optimizer, scheduler = make()
     optimizer.load_state_dict(saved[0])
     scheduler.load_state_dict(saved[1])
-    resumed = []
-    for _ in range(6):
-        resumed.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert resumed == pytest.approx(lrs[6:])
+    assert rates(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
 
     # Resumed with another world size: a fresh schedule, put where 6 steps have brought it.
     optimizer, _ = make()
     optimizer.load_state_dict(saved[0])
     scheduler = build_scheduler(optimizer, run.train, steps_per_epoch=4)
     schedule_at(scheduler, 6)
-    placed = []
-    for _ in range(6):
-        placed.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert placed == pytest.approx(lrs[6:])
+    assert rates(optimizer, scheduler, 6) == pytest.approx(lrs[6:])
 
 
 def test_constant_schedule_has_no_scheduler():

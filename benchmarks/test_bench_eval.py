@@ -23,9 +23,10 @@ import torch
 
 from taskadapter_fast import create_model
 from taskadapter_fast.data.corpus import load_corpus
+from taskadapter_fast.data.episodes import EpisodeLoader
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import EpisodeLoader, PrefixCache, evaluate
+from taskadapter_fast.engine import PrefixCache, evaluate
 
 EPISODES = 12  # per timed round
 ROUNDS = 5

@@ -33,16 +33,11 @@ from typing import Any
 import torch
 
 from ._atomic import atomic_write_text
+from .cli import Parser, UsageError, number_at_least, resolve_device, run_cli
 from .config import parse_override
 
-EPISODES_FORMAT = "taskadapter_fast.episodes"
-EPISODES_VERSION = 1
 DEFAULT_EPISODES = 10000
 SUBSETS = ("test", "val", "train")
-
-
-class UsageError(ValueError):
-    """Bad command-line input (reported in one line, exit status 2)."""
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -63,18 +58,6 @@ def stored_run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(tree, dict):
         raise ValueError(f"{checkpoint}: the stored run_config is not a mapping")
     return tree
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here")
-    return device
 
 
 def load_model(
@@ -149,60 +132,6 @@ def load_corpus_for(model, corpus_path: str | None):
     return load_corpus(corpus_path)
 
 
-# ------------------------------------------------------------------------------------------------ episodes files
-def write_episodes_file(path: str | os.PathLike, loader, plans, split: str) -> Path:
-    """Write the evaluated episodes (JSON), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "format": EPISODES_FORMAT,
-        "version": EPISODES_VERSION,
-        "split": split,
-        "num_rows": len(loader.rows),
-        "rows_digest": loader.rows_digest,
-        "n_way": loader.n_way,
-        "n_shot": loader.n_shot,
-        "n_query": loader.n_query,
-        "num_frames": loader.num_frames,
-        "image_size": loader.image_size,
-        "seed": loader.seed,
-        "train": loader.train,
-        "episodes": [plan.to_record() for plan in plans],
-    }
-    return atomic_write_text(path, json.dumps(document) + "\n")
-
-
-def read_episodes_file(path: str | os.PathLike) -> tuple[dict[str, Any], list]:
-    """-> (header, list of EpisodePlan)."""
-    from .engine import EpisodePlan
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"episodes file not found: {path}")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not an episodes file (not JSON: {error})") from None
-    # Also accepted: the trainer's `test_episodes.json` (the same records and settings, no format tag).
-    if not isinstance(document, dict) or document.get("format", EPISODES_FORMAT) != EPISODES_FORMAT:
-        raise ValueError(f"{path} is not an episodes file (written by --save-episodes or the trainer)")
-    if document.get("version", EPISODES_VERSION) != EPISODES_VERSION:
-        raise ValueError(f"{path}: episodes file version {document.get('version')!r}, expected {EPISODES_VERSION}")
-    missing = [key for key in ("n_way", "n_shot", "n_query", "seed", "episodes") if key not in document]
-    if missing:
-        raise ValueError(f"{path} is not an episodes file (missing {missing})")
-    plans = []
-    for number, record in enumerate(document.get("episodes") or []):
-        try:
-            plans.append(EpisodePlan.from_record(record))
-        except ValueError as error:
-            raise ValueError(f"{path}: episode #{number}: {error}") from None
-    if not plans:
-        raise ValueError(f"{path} holds no episodes")
-    header = {key: value for key, value in document.items() if key != "episodes"}
-    return header, plans
-
-
 # ------------------------------------------------------------------------------------------------ plot
 def plot_nway_curve(points: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
     """PNG of N-way 1-shot accuracy with 95% CI error bars (the paper's Fig. 9)."""
@@ -228,24 +157,6 @@ def plot_nway_curve(points: Sequence[dict[str, Any]], path: str | os.PathLike, t
 
 
 # ------------------------------------------------------------------------------------------------ command line
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def _positive(name: str, minimum: int = 1):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def _ways(text: str) -> list[int]:
     try:
         ways = [int(part) for part in text.split(",") if part.strip()]
@@ -256,9 +167,9 @@ def _ways(text: str) -> list[int]:
     return sorted(set(ways))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m taskadapter_fast.evaluate",
+def build_parser(prog: str = "python -m taskadapter_fast.evaluate") -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog,
         description="Few-shot accuracy (mean ± 95% CI over episodes) of a Task-Adapter++ checkpoint.",
     )
     model = parser.add_argument_group("model")
@@ -273,18 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--format", help="split format (auto, official, trx, clipfsar, folder, manifest)")
     data.add_argument("--class-names", help="class names file for index-only split lists")
     data.add_argument("--corpus", help="sub-action corpus (official YAML or JSON)")
-    data.add_argument("--way", type=_positive("--way"), help="classes per episode (C)")
-    data.add_argument("--shot", type=_positive("--shot"), help="support videos per class (K)")
-    data.add_argument("--query", type=_positive("--query"), help="query videos per class (Q)")
+    data.add_argument("--way", type=number_at_least(1, "--way"), help="classes per episode (C)")
+    data.add_argument("--shot", type=number_at_least(1, "--shot"), help="support videos per class (K)")
+    data.add_argument("--query", type=number_at_least(1, "--query"), help="query videos per class (Q)")
     data.add_argument("--decoder", help="auto, pyav, dali_cpu, dali_gpu")
-    data.add_argument("--prefetch", type=_positive("--prefetch", 0), help="episodes decoded ahead")
+    data.add_argument("--prefetch", type=number_at_least(0, "--prefetch"), help="episodes decoded ahead")
     run = parser.add_argument_group("evaluation")
     run.add_argument(
         "--episodes",
-        type=_positive("--episodes"),
+        type=number_at_least(1, "--episodes"),
         help=f"episodes to evaluate (default: the run's train.test_episodes, else {DEFAULT_EPISODES})",
     )
-    run.add_argument("--seed", type=_positive("--seed", 0), help="episode seed (default: the run's train.eval_seed)")
+    run.add_argument(
+        "--seed", type=number_at_least(0, "--seed"), help="episode seed (default: the run's train.eval_seed)"
+    )
     run.add_argument("--inductive", action="store_true", help="classify each query alone (default: transductive)")
     run.add_argument("--no-cache", action="store_true", help="recompute the frozen prefix for every episode")
     run.add_argument("--cache-dir", help="also keep the frozen-prefix cache in this folder (reused across runs)")
@@ -321,7 +234,8 @@ def _split_overrides(texts: Sequence[str]) -> tuple[dict[str, Any], dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import EpisodeLoader, PrefixCache, evaluate
+    from .data.episodes import EpisodeLoader, read_episodes_file, write_episodes_file
+    from .engine import PrefixCache, evaluate
 
     if args.episodes_file:
         fixed = {"--nway-curve": args.nway_curve, "--episodes": args.episodes, "--seed": args.seed}
@@ -454,37 +368,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(error: BaseException) -> str:
-    """A multi-line message on one line: "; " between lines, a space after a line that ends in ":"."""
-    text = ""
-    for line in (line.strip() for line in str(error).splitlines()):
-        if line:
-            text += ("" if not text else " " if text.endswith(":") else "; ") + line
-    return text or type(error).__name__
-
-
-def run_cli(args, run_fn, interrupted: str = "interrupted") -> int:
-    """Run a command; bad input ends it with a one-line reason (exit 2 usage, 1 other errors), no traceback.
-
-    TAF_TRACEBACK=1 in the environment lets errors propagate with their traceback instead.
-    """
-    if os.environ.get("TAF_TRACEBACK", "") not in ("", "0"):
-        return run_fn(args)
-    try:
-        return run_fn(args)
-    except UsageError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"error: {interrupted}", file=sys.stderr)
-        return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser().parse_args(argv), run)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.evaluate") -> int:
+    return run_cli(build_parser(prog).parse_args(argv), run)
 
 
 if __name__ == "__main__":

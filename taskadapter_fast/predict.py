@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .cli import Parser, UsageError, resolve_device, run_cli
+
 log = logging.getLogger(__name__)
 
 
@@ -95,8 +97,8 @@ def check_queries(queries: Sequence[str | os.PathLike] | str | os.PathLike) -> l
 def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder: str = "auto") -> torch.Tensor:
     """Centre-sampled, centre-cropped clips of the given videos -> [V, T, 3, S, S]."""
     from .data.decode import load_clips, video_kind
+    from .data.episodes import probe_frame_count
     from .data.sampler import frame_indices
-    from .engine import probe_frame_count
 
     for path in paths:
         if not Path(path).exists():
@@ -213,11 +215,10 @@ def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.ArgumentParser:
     from .data.decode import VIDEO_EXTENSIONS
-    from .evaluate import _Parser
 
-    parser = _Parser(prog="python -m taskadapter_fast.predict", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("queries", nargs="+", metavar="VIDEO", help="query video files or JPEG frame folders")
     parser.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")
     parser.add_argument("--preset", help="model preset; needed for official checkpoints")
@@ -244,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .data.corpus import load_corpus
-    from .evaluate import UsageError, load_model, resolve_device, stored_run_config
+    from .evaluate import load_model, stored_run_config
 
     queries = check_queries(args.queries)  # before the model loads: a typo costs no waiting
     support = support_rows(args.support)
@@ -268,10 +269,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import run_cli
-
-    return run_cli(build_parser().parse_args(argv), run)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.predict") -> int:
+    return run_cli(build_parser(prog).parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -22,36 +22,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .cli import Parser, number_at_least, run_cli
 from .config import preset_names
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= minimum, else a one-line error naming the value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1, "positive")
-_seed = _int_at_least(0, "non-negative")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m taskadapter_fast.train",
+def build_parser(prog: str = "python -m taskadapter_fast.train") -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog,
         description="Train Task-Adapter++ episodically, keep the best validation checkpoint, test it.",
         epilog="Overrides: section.key=value, e.g. train.lr=0.01 data.n_way=10 model.adapter_layers=4.",
     )
@@ -61,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="run config file (YAML or JSON; sections model, data, train)")
     parser.add_argument("--output-dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its config is kept)")
-    parser.add_argument("--seed", type=_seed, help="training seed (train.seed)")
+    parser.add_argument("--seed", type=number_at_least(0, "--seed"), help="training seed (train.seed)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--way", type=_positive, help="classes per episode (data.n_way)")
-    parser.add_argument("--shot", type=_positive, help="support videos per class (data.n_shot)")
-    parser.add_argument("--query", type=_positive, help="query videos per class (data.n_query)")
+    parser.add_argument("--way", type=number_at_least(1, "--way"), help="classes per episode (data.n_way)")
+    parser.add_argument("--shot", type=number_at_least(1, "--shot"), help="support videos per class (data.n_shot)")
+    parser.add_argument("--query", type=number_at_least(1, "--query"), help="query videos per class (data.n_query)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile=true)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
@@ -94,10 +71,8 @@ def run(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import run_cli
-
-    return run_cli(build_parser().parse_args(argv), run, interrupted="interrupted (resume with --resume RUN_DIR)")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.train") -> int:
+    return run_cli(build_parser(prog).parse_args(argv), run, interrupted="interrupted (resume with --resume RUN_DIR)")
 
 
 if __name__ == "__main__":

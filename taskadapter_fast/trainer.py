@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path, atomic_write_text
+from .cli import resolve_device
 from .runconfig import DataConfig, RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -96,22 +97,6 @@ def init_distributed(device: str | None) -> DistInfo:
         torch.cuda.set_device(local_rank)  # NCCL collectives and object broadcasts use the current device
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
-
-
-def resolve_device(device: str | torch.device | None, dist_info: DistInfo = DistInfo()) -> torch.device:
-    """The device to train on; "auto" or None: this rank's GPU when there is one, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda", dist_info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, auto): {exc}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available here")
-        if resolved.index is None:
-            resolved = torch.device("cuda", dist_info.local_rank)
-    return resolved
 
 
 def describe_device(device: torch.device) -> str:
@@ -176,7 +161,7 @@ def build_model(run: RunConfig, device: torch.device | str | None = None):
 
 
 def make_loader(run: RunConfig, rows: list, split: str, image_size: int, device: torch.device):
-    from .engine import EpisodeLoader
+    from .data.episodes import EpisodeLoader
 
     train = split == "train"
     try:
@@ -553,7 +538,8 @@ def _sharded_evaluate(model, loader, ids_or_plans: list, corpus, dist_info: Dist
     A rank whose share is empty (fewer episodes than ranks) evaluates nothing. The merge puts the
     episodes back in the order of `ids_or_plans`, also when a rank skipped one (an unreadable video).
     """
-    from .engine import EpisodePlan, evaluate, mean_ci95
+    from .data.episodes import EpisodePlan
+    from .engine import evaluate, mean_ci95
 
     share = ids_or_plans[dist_info.rank :: dist_info.world]
     part: dict[str, Any] = {"indices": [], "per_episode": [], "plans": [], "skipped": 0, "seconds": 0.0}
@@ -656,7 +642,7 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
         raise ValueError(problem_text)
     run, run_dir, resuming = _broadcast(prepared, dist_info)
     tcfg = run.train
-    device = resolve_device(device, dist_info)
+    device = resolve_device(device, dist_info.local_rank)
     if device.type == "cpu" and tcfg.cpu_threads is not None:
         torch.set_num_threads(tcfg.cpu_threads)
     per_step = tcfg.accumulate * dist_info.world
@@ -863,7 +849,7 @@ def _save_checkpoint(model, path: Path, metadata: dict[str, str], epoch: int, st
 def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, dist_info, progress, runlog):
     """The test split, touched once: the best checkpoint, then the untrained adapters on the same episodes."""
     from .checkpoint import load_adapters
-    from .engine import EpisodePlan
+    from .data.episodes import EpisodePlan, write_episodes_file
     from .model.task_adapter import OFFICIAL_COMPAT_NOTE
 
     tcfg = run.train
@@ -886,28 +872,15 @@ def _test(run: RunConfig, model, loader, data: RunData, run_dir: Path, state, di
             "test_seconds": trained["seconds"],
         }
     )
+    plans = [EpisodePlan.from_record(record) for record in trained["plans"]]
     if dist_info.is_main:
-        episodes_file = {
-            "split": "test",
-            "source": data.source["test"],
-            "num_rows": len(loader.rows),
-            "rows_digest": loader.rows_digest,
-            "image_size": loader.image_size,
-            "seed": tcfg.eval_seed,
-            "n_way": run.data.n_way,
-            "n_shot": run.data.n_shot,
-            "n_query": run.data.n_query,
-            "num_frames": run.model.num_frames,
-            "episodes": trained["plans"],
-        }
-        atomic_write_text(run_dir / TEST_EPISODES_FILE, json.dumps(episodes_file) + "\n")
+        write_episodes_file(run_dir / TEST_EPISODES_FILE, loader, plans, "test", source=data.source["test"])
     runlog.record("test", state.episode, {"accuracy": trained["accuracy"], "ci95": trained["ci95"]})
     line = f"test accuracy (trained, epoch {state.best_epoch}):  {trained['accuracy']:6.2f} ± {trained['ci95']:.2f} %"
     if tcfg.untrained_baseline:
         if dist_info.is_main:
             load_adapters(model, run_dir / "untrained.safetensors")
         _broadcast_parameters(model, dist_info)
-        plans = [EpisodePlan.from_record(record) for record in trained["plans"]]
         untrained = _sharded_evaluate(model, loader, plans, data.corpus, dist_info, tcfg.eval_cache, progress)
         results.update(
             {

@@ -19,9 +19,10 @@ import torch
 from taskadapter_fast import create_model
 from taskadapter_fast.data.corpus import load_corpus
 from taskadapter_fast.data.decode import resize_size
+from taskadapter_fast.data.episodes import EpisodeLoader, EpisodePlan, redraw_index
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import EpisodeLoader, EpisodePlan, PrefixCache, evaluate, mean_ci95, redraw_index
+from taskadapter_fast.engine import PrefixCache, evaluate, mean_ci95
 
 T, S = 8, 32
 

@@ -13,9 +13,10 @@ import torch
 from taskadapter_fast import create_model
 from taskadapter_fast.checkpoint import save_adapters, save_official_state
 from taskadapter_fast.data.corpus import load_corpus
+from taskadapter_fast.data.episodes import EpisodeLoader
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import EpisodeLoader, evaluate
+from taskadapter_fast.engine import evaluate
 from taskadapter_fast.evaluate import main
 from taskadapter_fast.runconfig import RunConfig
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 
+from ..cli import Parser, UsageError, run_cli
 from .splits import FORMATS, SplitFormatError, prepare
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m taskadapter_fast.data", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.ArgumentParser:
+    parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     command = commands.add_parser("prepare", help="probe the videos of split files and write a manifest")
     command.add_argument(
         "--split",
@@ -39,8 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = prepare(
@@ -52,11 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             progress=not args.no_progress,
         )
-    except (SplitFormatError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (SplitFormatError, FileNotFoundError, ValueError) as error:  # the split files are the arguments
+        raise UsageError(str(error)) from None
     print(report.format(), file=sys.stderr)
     return 0 if report.rows else 1
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.data") -> int:
+    return run_cli(build_parser(prog).parse_args(argv), run)
 
 
 if __name__ == "__main__":

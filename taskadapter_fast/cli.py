@@ -1,0 +1,122 @@
+"""The command-line layer shared by every command: one parser class, one error format, one runner.
+
+Each command is a thin module with ``build_parser()`` and ``run(args)`` (``train``, ``evaluate``,
+``predict``, ``corpus``, ``data``); it runs as ``python -m taskadapter_fast.<command>`` or as
+``taf <command>`` (the console script, `main` below). Bad input ends any command with one line,
+``error: <reason>``, and exit status 2 (usage) or 1 (anything else); ``TAF_TRACEBACK=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# command -> the module holding its build_parser() and run(args)
+COMMANDS = {
+    "train": "taskadapter_fast.train",
+    "evaluate": "taskadapter_fast.evaluate",
+    "predict": "taskadapter_fast.predict",
+    "corpus": "taskadapter_fast.corpus",
+    "data": "taskadapter_fast.data.__main__",
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (reported in one line, exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, no usage block, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number_at_least(minimum: float, name: str, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` >= minimum, else a one-line error naming the flag and the value."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def resolve_device(name: Any = None, local_rank: int = 0):
+    """The torch device a `--device` value names; auto (or None): this rank's GPU when there is one, else the CPU.
+
+    A bare "cuda" is this rank's GPU (`local_rank`), so every rank of a torchrun job gets its own.
+    """
+    import torch
+
+    if name is None or str(name) in ("", "auto"):
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {str(name)!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def one_line(error: BaseException) -> str:
+    """A multi-line message on one line: "; " between lines, a space after a line that ends in ":"."""
+    text = ""
+    for line in (line.strip() for line in str(error).splitlines()):
+        if line:
+            text += ("" if not text else " " if text.endswith(":") else "; ") + line
+    return text or type(error).__name__
+
+
+def run_cli(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], int], interrupted: str = "interrupted"):
+    """Run a command; any error ends it with `error: <one line>` (exit 2 usage, 1 other errors), no traceback.
+
+    TAF_TRACEBACK=1 in the environment lets errors propagate with their traceback instead.
+    """
+    if os.environ.get("TAF_TRACEBACK", "") not in ("", "0"):
+        return run_fn(args)
+    try:
+        return run_fn(args)
+    except UsageError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`taf <command> ...`: the same commands as `python -m taskadapter_fast.<command>`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: taf {{{','.join(COMMANDS)}}} ... (taf COMMAND --help for a command's options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\nTask-Adapter++ few-shot action recognition: " + ", ".join(COMMANDS) + ".")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; {usage}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command])
+    return module.main(rest, prog=f"taf {command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

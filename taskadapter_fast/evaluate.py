@@ -21,7 +21,6 @@ The work is `taskadapter_fast.engine.evaluate`; this module only wires files to 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -99,37 +98,6 @@ def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> A
     except ValueError as error:
         raise UsageError(str(error)) from None
     return data
-
-
-def split_rows(data: Any, subset: str = "test") -> tuple[list, str | None, str]:
-    """-> (manifest rows of the `subset` split, corpus path or None, a description of the split)."""
-    from .data.splits import read_split, rows_of_split
-
-    if data.dataset == "synthetic":
-        from .data.synthetic import make_synthetic_dataset
-
-        dataset = make_synthetic_dataset(root=data.root, **dataclasses.asdict(data.synthetic))
-        return read_split(dataset.split_files[subset]), data.corpus or str(dataset.corpus), f"synthetic:{subset}"
-    split = getattr(data, f"{subset}_split")
-    if not split:
-        raise UsageError(
-            f"no {subset} split: pass --split FILE (and --root DIR, --corpus FILE), or --dataset synthetic"
-        )
-    rows = read_split(split, format=data.format, root=data.root, class_names=data.class_names)
-    return rows_of_split(rows, subset, split), data.corpus, str(split)
-
-
-def load_corpus_for(model, corpus_path: str | None):
-    """The sub-action corpus the model needs (None when its prompts use no sub-actions)."""
-    from .data.corpus import load_corpus
-
-    if not model.config.needs_corpus:
-        return load_corpus(corpus_path) if corpus_path else None
-    if not corpus_path:
-        raise UsageError("this model's prompts need sub-actions: pass --corpus FILE (the dataset's corpus)")
-    if not Path(corpus_path).is_file():
-        raise FileNotFoundError(f"corpus file not found: {corpus_path}")
-    return load_corpus(corpus_path)
 
 
 # ------------------------------------------------------------------------------------------------ plot
@@ -235,6 +203,8 @@ def _split_overrides(texts: Sequence[str]) -> tuple[dict[str, Any], dict[str, An
 
 def run(args: argparse.Namespace) -> int:
     from .data.episodes import EpisodeLoader, read_episodes_file, write_episodes_file
+    from .data.setup import load_corpus_for, read_splits
+    from .data.setup import make_loader as make_split_loader
     from .engine import PrefixCache, evaluate
 
     if args.episodes_file:
@@ -273,24 +243,21 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.preset, model_overrides, device, stored)
-    rows, corpus_path, split = split_rows(data, args.subset)
-    corpus = load_corpus_for(model, corpus_path)
+    if data.dataset != "synthetic" and not getattr(data, f"{args.subset}_split"):
+        raise UsageError(
+            f"no {args.subset} split: pass --split FILE (and --root DIR, --corpus FILE), or --dataset synthetic"
+        )
+    splits = read_splits(data, [args.subset])
+    rows, split = splits.rows[args.subset], splits.describe(args.subset)
+    corpus = load_corpus_for(model.config.needs_corpus, splits.corpus_path)
     image_size = int(data.image_size or model.visual.image_size)
     num_frames = int(model.config.num_frames)
     cache = False if args.no_cache else PrefixCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir)
 
     def make_loader(n_way: int, n_shot: int, n_query: int, loader_seed: int) -> EpisodeLoader:
-        return EpisodeLoader(
-            rows,
-            n_way,
-            n_shot,
-            n_query,
-            num_frames=num_frames,
-            image_size=image_size,
-            train=False,
-            seed=loader_seed,
-            decoder=data.decoder,
-            prefetch=data.prefetch,
+        shape = (n_way, n_shot, n_query)
+        return make_split_loader(
+            data, rows, num_frames=num_frames, image_size=image_size, train=False, seed=loader_seed, shape=shape
         )
 
     report: dict[str, Any] = {

@@ -47,11 +47,12 @@ import torch
 
 from ._atomic import atomic_path, atomic_write_text
 from .cli import resolve_device
-from .runconfig import DataConfig, RunConfig, TrainConfig
+from .data.setup import SPLITS, load_corpus_for, read_splits
+from .data.setup import make_loader as make_split_loader
+from .runconfig import RunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 STATE_FILE = "state.pt"
 STATE_JSON = "state.json"
 CONFIG_FILE = "config.yaml"
@@ -108,46 +109,19 @@ def describe_device(device: torch.device) -> str:
 
 @dataclass
 class RunData:
-    """The manifest rows of each split and the sub-action corpus."""
+    """The manifest rows of each split, where each came from, and the sub-action corpus."""
 
     rows: dict[str, list]
     corpus: dict[str, list[str]] | None
-    source: dict[str, str]  # split -> file or folder it was read from (for results and errors)
+    source: dict[str, str]
 
 
 def prepare_data(run: RunConfig) -> RunData:
-    """Read (and for the synthetic dataset, generate once) the three splits and the corpus."""
-    from .data.corpus import load_corpus, validate_corpus
-    from .data.splits import read_split, rows_of_split
-
-    data: DataConfig = run.data
-    if data.dataset == "synthetic":
-        from .data.synthetic import make_synthetic_dataset
-
-        dataset = make_synthetic_dataset(root=data.root, **asdict(data.synthetic))
-        sources = {split: str(dataset.split_files[split]) for split in SPLITS}
-        corpus_path = data.corpus or str(dataset.corpus)
-        rows = {split: read_split(sources[split], format="official") for split in SPLITS}
-    else:
-        sources = {split: str(getattr(data, f"{split}_split")) for split in SPLITS}
-        corpus_path = data.corpus
-        rows = {
-            split: rows_of_split(
-                read_split(sources[split], format=data.format, root=data.root, class_names=data.class_names),
-                split,
-                sources[split],
-            )
-            for split in SPLITS
-        }
-    for split in SPLITS:
-        if not rows[split]:
-            raise ValueError(f"the {split} split {sources[split]} holds no videos")
-    needs_corpus = run.model.needs_corpus
-    corpus = load_corpus(corpus_path) if (needs_corpus and corpus_path) else None
-    if needs_corpus:
-        for split in SPLITS:
-            validate_corpus(corpus, sorted({row.class_name for row in rows[split]}))
-    return RunData(rows=rows, corpus=corpus, source=sources)
+    """The three splits (the synthetic dataset generated once) and the corpus, checked to cover every class."""
+    splits = read_splits(run.data, SPLITS)
+    classes = [sorted({row.class_name for row in splits.rows[split]}) for split in SPLITS]
+    corpus = load_corpus_for(run.model.needs_corpus, splits.corpus_path, classes)
+    return RunData(rows=splits.rows, corpus=corpus, source=splits.source)
 
 
 def build_model(run: RunConfig, device: torch.device | str | None = None):
@@ -161,25 +135,18 @@ def build_model(run: RunConfig, device: torch.device | str | None = None):
 
 
 def make_loader(run: RunConfig, rows: list, split: str, image_size: int, device: torch.device):
-    from .data.episodes import EpisodeLoader
-
     train = split == "train"
-    try:
-        return EpisodeLoader(
-            rows,
-            run.data.n_way,
-            run.data.n_shot,
-            run.data.n_query,
-            num_frames=run.model.num_frames,
-            image_size=image_size,
-            train=train,
-            seed=run.train.seed if train else run.train.eval_seed,
-            decoder=run.data.decoder,
-            device=device,
-            prefetch=run.data.prefetch,
-        )
-    except ValueError as error:
-        raise ValueError(f"{split} split: {error}") from None
+    seed = run.train.seed if train else run.train.eval_seed
+    return make_split_loader(
+        run.data,
+        rows,
+        num_frames=run.model.num_frames,
+        image_size=image_size,
+        train=train,
+        seed=seed,
+        device=device,
+        split=split,
+    )
 
 
 def build_optimizer(model, train_cfg: TrainConfig) -> torch.optim.Optimizer:

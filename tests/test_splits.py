@@ -344,11 +344,11 @@ def test_prepare_probes_frame_counts_and_reports_every_missing_video(tmp_path):
         ("jumping", "test", 0, 11),
     ]
     # One manifest for several splits: each run config key (and evaluate's --subset) takes its own rows.
-    from taskadapter_fast.evaluate import split_rows
+    from taskadapter_fast.data.setup import read_splits
     from taskadapter_fast.runconfig import DataConfig
 
     assert [r.class_name for r in rows_of_split(rows, "train", out)] == ["clapping", "clapping"]
-    test_rows, _, _ = split_rows(DataConfig(test_split=str(out)), "test")
+    test_rows = read_splits(DataConfig(test_split=str(out)), ["test"]).rows["test"]
     assert [r.class_name for r in test_rows] == ["jumping"]
     with pytest.raises(ValueError, match=r"holds the splits \['test', 'train'\], none of them 'val'"):
         rows_of_split(rows, "val", out)

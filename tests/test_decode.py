@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from taskadapter_fast.data import decode as decode_module
-from taskadapter_fast.data import load_clip
+from taskadapter_fast.data import decode_frames, load_clip
 from taskadapter_fast.data.decode import (
     CLIP_MEAN,
     CLIP_STD,
@@ -149,7 +149,7 @@ def test_pyav_returns_the_requested_frames_in_order(media, source):
 
 @pytest.mark.parametrize("source", ["vp9", "h264", "frames"])
 def test_indices_past_the_end_repeat_the_last_frame(media, source, caplog):
-    decode_module._short_folders_reported.clear()  # said once per folder and process
+    decode_frames._short_folders_reported.clear()  # said once per folder and process
     with caplog.at_level(logging.WARNING):
         clip = load_clip(media[f"level_{source}"], [0, 11, 12, 40], image_size=SIZE, decoder="pyav")
         load_clip(media[f"level_{source}"], [0, 13], image_size=SIZE, decoder="pyav")

@@ -1,4 +1,5 @@
-"""Configuration: one dataclass tree, YAML presets, dotted overrides. Unknown keys are an error.
+"""Configuration: one dataclass tree, YAML presets, dotted overrides. Unknown keys are an error; every value
+is converted to its field's type (`build_section`, the one way a config dataclass is built from a mapping).
 
 Every ablation of the paper (Tables 3, 4, 6, 7 and Fig. 10) is a `ModelConfig`, not a code edit:
   Table 3  frozen backbone        adapter_layers=0, temporal_embedding=False
@@ -16,12 +17,18 @@ Every ablation of the paper (Tables 3, 4, 6, 7 and Fig. 10) is a `ModelConfig`, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import numbers
+import os
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -87,11 +94,9 @@ class ModelConfig:
         _check_choice("score", self.score, SCORES)
         _check_choice("impl", self.impl, IMPLS)
         for name in ("num_frames", "alignment_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            _check_min(name, getattr(self, name), 1)
         for name in ("adapter_layers", "text_adapter_layers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            _check_min(name, getattr(self, name), 0)
         if not 0.0 < self.adapter_ratio <= 1.0:
             raise ValueError(f"adapter_ratio must be in (0, 1], got {self.adapter_ratio!r}")
         if self.alignment != "cross_attention" and self.alignment_layers != 1:
@@ -112,11 +117,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) in {source}: {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        """ModelConfig(**data) with each value converted to its field's type (errors name the key)."""
+
+        def unknown_keys(unknown: list[str], known: list[str]) -> str:
+            return f"unknown model config key(s) in {source}: {unknown}; known keys: {sorted(known)}"
+
+        return build_section(cls, data, unknown_keys=unknown_keys)
+
+
+# ------------------------------------------------------------------------------------------------ typed sections
+Section = TypeVar("Section")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -124,6 +134,115 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_min(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def build_section(
+    cls: type[Section],
+    data: Any,
+    section: str = "",
+    unknown_keys: Callable[[list[str], list[str]], str] | None = None,
+) -> Section:
+    """cls(**data) with unknown keys refused and every value converted to its field's type.
+
+    The one way a config dataclass (ModelConfig, the run config's sections) is built from a mapping.
+    section: where `cls` sits in the config tree ("model", "data.synthetic"), so that errors name a key
+    as section.key ("" names the bare key). unknown_keys: (unknown, known keys) -> the error message, for
+    a caller that words it its own way; by default it names the keys with their section.
+    """
+    if isinstance(data, cls):
+        return copy.deepcopy(data)
+    if not isinstance(data, dict):
+        raise ValueError(f"{section or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown and unknown_keys is not None:
+        raise ValueError(unknown_keys(unknown, known))
+    if unknown:
+        keys = ", ".join(_dotted(section, k) for k in unknown)
+        raise ValueError(f"unknown config key(s) {keys}; known keys of {section or cls.__name__}: {', '.join(known)}")
+    values = {name: _coerce(value, hints[name], _dotted(section, name)) for name, value in data.items()}
+    return cls(**values)
+
+
+def _dotted(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:  # one flat branch per field type, hence its length
+    """value converted to the field type `hint`, or a ValueError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {hint}")
+    if hint is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, numbers.Integral):  # numpy integers too, from Python callers
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):  # e.g. pretrained=Path(...) from Python
+            return os.fspath(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return build_section(hint, value, key)
+    raise ValueError(f"{key}: unsupported field type {hint}")
+
+
+# ------------------------------------------------------------------------------------------------ presets and files
 def preset_names() -> list[str]:
     return sorted(
         p.name[: -len(".yaml")]
@@ -157,6 +276,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# ------------------------------------------------------------------------------------------------ overrides
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], value parsed as YAML: numbers, booleans, null, lists)."""
     if "=" not in text:

@@ -12,15 +12,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import ModelConfig, apply_override, load_config_file, load_preset, parse_override
+from .config import (
+    ModelConfig,
+    _check_choice,
+    _check_min,
+    apply_override,
+    build_section,
+    load_config_file,
+    load_preset,
+    parse_override,
+)
 
 DEFAULT_PRESET = "demo"
 DATASETS = ("synthetic", "splits")
@@ -184,101 +191,6 @@ class RunConfig:
         )
         config.validate()
         return config
-
-
-# ------------------------------------------------------------------------------------------------ typing
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def _check_min(name: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """value converted to the field type `hint`, or a ValueError naming `key`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {hint}")
-    if hint is Any:
-        return value
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{key} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return build_section(hint, value, key)
-    raise ValueError(f"{key}: unsupported field type {hint}")
-
-
-def build_section(cls: type, data: Any, section: str):
-    """cls(**data) with unknown keys rejected and every value converted to its field's type."""
-    if isinstance(data, cls):
-        return copy.deepcopy(data)
-    if not isinstance(data, dict):
-        raise ValueError(f"{section} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        keys = ", ".join(f"{section}.{k}" for k in unknown)
-        raise ValueError(f"unknown config key(s) {keys}; known keys of {section}: {', '.join(known)}")
-    values = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in data.items()}
-    return cls(**values)
 
 
 # ------------------------------------------------------------------------------------------------ merging

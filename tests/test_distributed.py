@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from test_train import read_adapters, small_overrides
+from helpers import read_adapters, small_overrides
 
 from taskadapter_fast import trainer
 from taskadapter_fast.runconfig import resolve_run_config

@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import T, make_corpus, make_episode, randomize_adapters
 
 import taskadapter_fast as taf
+from taskadapter_fast.config import parse_override, resolve_model_config
 from taskadapter_fast.model.alignment import CrossModalAlignment, semantic_score, stage_bounds
 from taskadapter_fast.model.visual import adapted_block_forward
-
-T = 8
-S = 32
-
-
-def make_corpus(num_classes: int) -> dict[str, list[str]]:
-    return {
-        f"class {c}": [f"the {c} thing begins", f"the {c} thing goes on", f"the {c} thing ends"]
-        for c in range(num_classes)
-    }
-
-
-def make_episode(num_classes=3, shots=2, queries=2, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    support = torch.randn(num_classes * shots, T, 3, S, S, generator=gen)
-    labels = torch.arange(num_classes).repeat_interleave(shots)
-    query = torch.randn(num_classes * queries, T, 3, S, S, generator=gen)
-    query_labels = torch.arange(num_classes).repeat_interleave(queries)
-    names = [f"class {c}" for c in range(num_classes)]
-    return support, labels, query, query_labels, names
 
 
 def tiny(seed=0, **overrides):
     torch.manual_seed(seed)
     return taf.create_model("tiny", **overrides).eval()
-
-
-def randomize_adapters(model, seed=1, scale=0.05):
-    """Zero-initialised fc2s make adapters the identity; give them values so the tests see them work."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -466,6 +439,26 @@ def test_bad_inputs_get_clear_errors(model, episode):
         taf.create_model("tiny", adapter_layer=2)
     with pytest.raises(ValueError, match="unknown preset"):
         taf.create_model("ssv3")
+
+
+def test_model_config_values_are_converted_to_their_field_types():
+    """ModelConfig.from_dict, create_model's overrides and model.KEY=VALUE overrides convert each value as the
+    run config does: a convertible value of another type becomes the field's type, any other is refused."""
+    config = taf.ModelConfig.from_dict({"adapter_layers": "4", "adapter_ratio": 1, "official_compat": "true"})
+    assert config.adapter_layers == 4 and type(config.adapter_layers) is int
+    assert config.adapter_ratio == 1.0 and type(config.adapter_ratio) is float
+    assert config.official_compat is True
+    parts, value = parse_override("model.logit_scale=10")
+    config = resolve_model_config("tiny", text_adapter_layers="0", **{parts[1]: value})
+    assert config.text_adapter_layers == 0 and type(config.text_adapter_layers) is int
+    assert config.logit_scale == 10.0 and type(config.logit_scale) is float
+    assert taf.create_model("tiny", alignment_layers="1").config.alignment_layers == 1
+    with pytest.raises(ValueError, match="adapter_layers must be an integer, got 'four'"):
+        taf.ModelConfig.from_dict({"adapter_layers": "four"})
+    with pytest.raises(ValueError, match="adapter_ratio must be a number, got 'wide'"):
+        resolve_model_config("tiny", adapter_ratio="wide")
+    with pytest.raises(ValueError, match="temporal_embedding must be true or false, got 2"):
+        taf.create_model("tiny", temporal_embedding=2)
 
 
 # --------------------------------------------------------------------------------- ablation configs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model import make_corpus, make_episode, randomize_adapters
+from helpers import make_corpus, make_episode, randomize_adapters
 
 import taskadapter_fast as taf
 

@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_adapters, small_overrides
 
 from taskadapter_fast.runconfig import RunConfig, resolve_run_config, run_config_from_json
 from taskadapter_fast.train import main as train_main
@@ -33,36 +33,6 @@ from taskadapter_fast.trainer import (
 
 BENCHMARKS = ("ssv2_small", "ssv2_full", "kinetics", "hmdb51", "ucf101")
 FAKE_SPLITS = ["data.train_split=a.txt", "data.val_split=b.txt", "data.test_split=c.txt", "data.corpus=d.yaml"]
-
-
-def small_overrides(root: Path) -> list[str]:
-    """A tiny synthetic dataset (3 videos a class, 8-10 frames, no distractors) and a short protocol."""
-    return [
-        "model.clip_model=taf-tiny-ViT",
-        f"data.root={root}",
-        "data.synthetic.videos_per_class=3",
-        "data.synthetic.min_frames=8",
-        "data.synthetic.max_frames=10",
-        "data.synthetic.size=32",
-        "data.synthetic.distractors=0",
-        "data.prefetch=1",
-        "train.warmup_epochs=0",
-        "train.cpu_threads=1",
-        "train.epochs=2",
-        "train.episodes_per_epoch=8",
-        "train.val_episodes=2",
-        "train.test_episodes=3",
-        "train.save_every=2",
-        "train.log_every=1",
-        "train.schedule=cosine",
-        "train.lr=0.05",
-    ]
-
-
-def read_adapters(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 # ------------------------------------------------------------------------------------------------ config

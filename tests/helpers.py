@@ -1,0 +1,67 @@
+"""Test helpers shared by several test modules: tiny episodes and corpora for the model, and a small
+training run's overrides. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+T = 8  # frames a video (ModelConfig's default num_frames)
+S = 32  # height and width of a frame (the tiny preset's input size)
+
+
+def make_corpus(num_classes: int) -> dict[str, list[str]]:
+    return {
+        f"class {c}": [f"the {c} thing begins", f"the {c} thing goes on", f"the {c} thing ends"]
+        for c in range(num_classes)
+    }
+
+
+def make_episode(num_classes=3, shots=2, queries=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    support = torch.randn(num_classes * shots, T, 3, S, S, generator=gen)
+    labels = torch.arange(num_classes).repeat_interleave(shots)
+    query = torch.randn(num_classes * queries, T, 3, S, S, generator=gen)
+    query_labels = torch.arange(num_classes).repeat_interleave(queries)
+    names = [f"class {c}" for c in range(num_classes)]
+    return support, labels, query, query_labels, names
+
+
+def randomize_adapters(model, seed=1, scale=0.05):
+    """Zero-initialised fc2s make adapters the identity; give them values so the tests see them work."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def small_overrides(root: Path) -> list[str]:
+    """A tiny synthetic dataset (3 videos a class, 8-10 frames, no distractors) and a short protocol."""
+    return [
+        "model.clip_model=taf-tiny-ViT",
+        f"data.root={root}",
+        "data.synthetic.videos_per_class=3",
+        "data.synthetic.min_frames=8",
+        "data.synthetic.max_frames=10",
+        "data.synthetic.size=32",
+        "data.synthetic.distractors=0",
+        "data.prefetch=1",
+        "train.warmup_epochs=0",
+        "train.cpu_threads=1",
+        "train.epochs=2",
+        "train.episodes_per_epoch=8",
+        "train.val_episodes=2",
+        "train.test_episodes=3",
+        "train.save_every=2",
+        "train.log_every=1",
+        "train.schedule=cosine",
+        "train.lr=0.05",
+    ]
+
+
+def read_adapters(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

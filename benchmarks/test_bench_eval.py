@@ -26,7 +26,7 @@ from taskadapter_fast.data.corpus import load_corpus
 from taskadapter_fast.data.episodes import EpisodeLoader
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import PrefixCache, evaluate
+from taskadapter_fast.evaluation import PrefixCache, evaluate
 
 EPISODES = 12  # per timed round
 ROUNDS = 5

@@ -65,3 +65,31 @@ def load_corpus(path: str | os.PathLike) -> dict[str, list[str]]:
     from .data.corpus import load_corpus as _load
 
     return _load(path)
+
+
+def load_model(
+    checkpoint: str | os.PathLike | None,
+    preset: str | None,
+    model_overrides: dict[str, Any],
+    device: Any,
+    stored: dict[str, Any] | None = None,
+):
+    """Our checkpoint (its stored config, or `preset`), an official one (needs `preset`), or a bare preset.
+
+    stored: the checkpoint's run config (`checkpoint.stored_run_config`), if any. The evaluate and predict
+    commands load their model here.
+    """
+    import torch
+
+    from .cli import UsageError
+
+    if checkpoint is None and preset is None:
+        raise UsageError("pass --checkpoint FILE (or --preset NAME for an untrained model)")
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    # A backbone without pretrained weights (the tiny demo model) is a random draw that adapter checkpoints
+    # do not store: draw it from the seed the training run used, so evaluation sees the same backbone.
+    train_section = (stored or {}).get("train") or {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(train_section.get("seed", 0)))
+        return create_model(preset, checkpoint=checkpoint, device=device, **model_overrides)

@@ -193,3 +193,20 @@ def load_official_state(model: nn.Module, state: dict[str, torch.Tensor], source
 def save_official_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Our model's state in the official layout (for parity runs with the official code)."""
     return {ours_to_official(k): v.detach().clone() for k, v in model.state_dict().items() if ours_to_official(k)}
+
+
+def stored_run_config(checkpoint: str | os.PathLike) -> dict | None:
+    """The run config tree (model, data and train sections) a training run stored in one of our checkpoints, or None."""
+    if is_official_checkpoint(checkpoint):
+        return None
+    _, metadata = read_adapter_checkpoint(checkpoint)
+    text = metadata.get("run_config")
+    if not text:
+        return None
+    try:
+        tree = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{checkpoint}: the stored run_config is not valid JSON ({error})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{checkpoint}: the stored run_config is not a mapping")
+    return tree

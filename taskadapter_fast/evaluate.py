@@ -12,10 +12,10 @@ run on the same test episodes (its ``data`` section and ``train.eval_seed`` / ``
 Flags override the stored values; ``model.KEY=VALUE`` / ``data.KEY=VALUE`` arguments override any
 other field. Official-implementation checkpoints store no config: pass ``--preset`` and the data flags.
 
-Episodes are `engine.EpisodeLoader` episodes ``0 .. N-1`` of ``--seed``; ``--save-episodes FILE``
+Episodes are `data.episodes.EpisodeLoader` episodes ``0 .. N-1`` of ``--seed``; ``--save-episodes FILE``
 writes the exact episodes evaluated (classes, support and query rows, frame indices) and
 ``--episodes-file FILE`` replays them, so two models are compared on identical episodes.
-The work is `taskadapter_fast.engine.evaluate`; this module only wires files to it.
+The work is `taskadapter_fast.evaluation.evaluate`; this module only wires files to it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ._atomic import atomic_write_text
 from .cli import Parser, UsageError, number_at_least, resolve_device, run_cli
@@ -37,51 +35,6 @@ from .config import parse_override
 
 DEFAULT_EPISODES = 10000
 SUBSETS = ("test", "val", "train")
-
-
-# ------------------------------------------------------------------------------------------------ model
-def stored_run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The run config tree a training run stored in one of our checkpoints, or None."""
-    from .checkpoint import is_official_checkpoint, read_adapter_checkpoint
-
-    if is_official_checkpoint(checkpoint):
-        return None
-    _, metadata = read_adapter_checkpoint(checkpoint)
-    text = metadata.get("run_config")
-    if not text:
-        return None
-    try:
-        tree = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{checkpoint}: the stored run_config is not valid JSON ({error})") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{checkpoint}: the stored run_config is not a mapping")
-    return tree
-
-
-def load_model(
-    checkpoint: str | None,
-    preset: str | None,
-    model_overrides: dict[str, Any],
-    device: torch.device,
-    stored: dict[str, Any] | None = None,
-):
-    """Our checkpoint (its stored config, or `preset`), an official one (needs `preset`), or a bare preset.
-
-    stored: the checkpoint's run config (`stored_run_config`), if any.
-    """
-    from .api import create_model
-
-    if checkpoint is None and preset is None:
-        raise UsageError("pass --checkpoint FILE (or --preset NAME for an untrained model)")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    # A backbone without pretrained weights (the tiny demo model) is a random draw that adapter checkpoints
-    # do not store: draw it from the seed the training run used, so evaluation sees the same backbone.
-    train_section = (stored or {}).get("train") or {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(train_section.get("seed", 0)))
-        return create_model(preset, checkpoint=checkpoint, device=device, **model_overrides)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -98,30 +51,6 @@ def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> A
     except ValueError as error:
         raise UsageError(str(error)) from None
     return data
-
-
-# ------------------------------------------------------------------------------------------------ plot
-def plot_nway_curve(points: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
-    """PNG of N-way 1-shot accuracy with 95% CI error bars (the paper's Fig. 9)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ways = [p["n_way"] for p in points]
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    axes.errorbar(ways, [p["accuracy"] for p in points], yerr=[p["ci95"] for p in points], marker="o", capsize=3)
-    axes.set_xlabel("N (classes per episode), 1-shot")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_xticks(ways)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -201,11 +130,21 @@ def _split_overrides(texts: Sequence[str]) -> tuple[dict[str, Any], dict[str, An
     return model, data
 
 
-def run(args: argparse.Namespace) -> int:
-    from .data.episodes import EpisodeLoader, read_episodes_file, write_episodes_file
-    from .data.setup import load_corpus_for, read_splits
-    from .data.setup import make_loader as make_split_loader
-    from .engine import PrefixCache, evaluate
+# ------------------------------------------------------------------------------------------------ the steps of run
+@dataclass
+class Settings:
+    """What the flags and the checkpoint's stored run config settle before the model loads."""
+
+    stored: dict[str, Any] | None  # the checkpoint's run config
+    model_overrides: dict[str, Any]
+    data: Any  # runconfig.DataConfig
+    seed: int
+    episodes: int
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Check the flags that exclude each other, then merge flags, overrides and the stored run config."""
+    from .checkpoint import stored_run_config
 
     if args.episodes_file:
         fixed = {"--nway-curve": args.nway_curve, "--episodes": args.episodes, "--seed": args.seed}
@@ -240,9 +179,61 @@ def run(args: argparse.Namespace) -> int:
     train_section = (stored or {}).get("train") or {}
     seed = args.seed if args.seed is not None else int(train_section.get("eval_seed", 0))
     episodes = args.episodes or int(train_section.get("test_episodes") or DEFAULT_EPISODES)  # 0: tested none
+    return Settings(stored, model_overrides, data, seed, episodes)
 
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, args.preset, model_overrides, device, stored)
+
+@dataclass
+class Testbed:
+    """The loaded model and the split it is tested on: makes the loaders and runs `evaluation.evaluate`."""
+
+    model: Any
+    data: Any  # runconfig.DataConfig
+    rows: list  # the split's ManifestRows
+    split: str  # its description for reports
+    corpus: dict[str, list[str]] | None
+    cache: Any  # a PrefixCache, or False (--no-cache)
+    inductive: bool
+    progress: bool
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.model.config.num_frames)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data.image_size or self.model.visual.image_size)
+
+    def loader(self, n_way: int, n_shot: int, n_query: int, seed: int):
+        """An evaluation `EpisodeLoader` of C-way K-shot Q-query episodes over the split."""
+        from .data.setup import make_loader
+
+        return make_loader(
+            self.data,
+            self.rows,
+            num_frames=self.num_frames,
+            image_size=self.image_size,
+            train=False,
+            seed=seed,
+            shape=(n_way, n_shot, n_query),
+        )
+
+    def evaluate(self, loader, items):
+        """`evaluation.evaluate` of this model on `items` (episode indices or saved plans) of `loader`."""
+        from .evaluation import evaluate
+
+        return evaluate(
+            self.model, loader, items, self.corpus, cache=self.cache, inductive=self.inductive, progress=self.progress
+        )
+
+
+def open_testbed(args: argparse.Namespace, settings: Settings, device) -> Testbed:
+    """Load the model, read the split and corpus, and make the prefix cache."""
+    from .api import load_model
+    from .data.setup import load_corpus_for, read_splits
+    from .evaluation import PrefixCache
+
+    model = load_model(args.checkpoint, args.preset, settings.model_overrides, device, settings.stored)
+    data = settings.data
     if data.dataset != "synthetic" and not getattr(data, f"{args.subset}_split"):
         raise UsageError(
             f"no {args.subset} split: pass --split FILE (and --root DIR, --corpus FILE), or --dataset synthetic"
@@ -250,88 +241,104 @@ def run(args: argparse.Namespace) -> int:
     splits = read_splits(data, [args.subset])
     rows, split = splits.rows[args.subset], splits.describe(args.subset)
     corpus = load_corpus_for(model.config.needs_corpus, splits.corpus_path)
-    image_size = int(data.image_size or model.visual.image_size)
-    num_frames = int(model.config.num_frames)
     cache = False if args.no_cache else PrefixCache(max_bytes=int(args.cache_gb * (1 << 30)), directory=args.cache_dir)
+    return Testbed(model, data, rows, split, corpus, cache, args.inductive, not args.no_progress)
 
-    def make_loader(n_way: int, n_shot: int, n_query: int, loader_seed: int) -> EpisodeLoader:
-        shape = (n_way, n_shot, n_query)
-        return make_split_loader(
-            data, rows, num_frames=num_frames, image_size=image_size, train=False, seed=loader_seed, shape=shape
+
+def nway_curve(args: argparse.Namespace, testbed: Testbed, settings: Settings) -> dict[str, Any]:
+    """--nway-curve: N-way 1-shot accuracy for each N, and its plot -> the report's entries."""
+    from .evaluation import plot_nway_curve
+
+    num_classes = len({row.class_name for row in testbed.rows})
+    too_many = [way for way in args.nway_curve if way > num_classes]
+    if too_many:
+        raise UsageError(f"--nway-curve {too_many}: the split has only {num_classes} classes")
+    points = []
+    for way in args.nway_curve:
+        result = testbed.evaluate(testbed.loader(way, 1, testbed.data.n_query, settings.seed), range(settings.episodes))
+        print(f"{way}-way 1-shot: {result.summary()}")
+        points.append({"n_way": way, "n_shot": 1, **result.to_dict()})
+    title = f"{Path(args.checkpoint).name if args.checkpoint else args.preset} on {testbed.split}"
+    plot = plot_nway_curve(points, args.plot, title)
+    print(f"wrote {plot}")
+    return {"seed": settings.seed, "n_query": testbed.data.n_query, "nway_curve": points, "plot": str(plot)}
+
+
+def replay_loader(path: str, testbed: Testbed):
+    """The loader and the saved plans of an episodes file, checked to fit this model and split."""
+    from .data.episodes import read_episodes_file
+
+    header, plans = read_episodes_file(path)
+    num_frames, image_size, rows, split = testbed.num_frames, testbed.image_size, testbed.rows, testbed.split
+    if header.get("num_frames", num_frames) != num_frames or header.get("image_size", image_size) != image_size:
+        raise ValueError(
+            f"{path} was saved for T={header.get('num_frames')}, S={header.get('image_size')}; "
+            f"this model uses T={num_frames}, S={image_size}"
         )
+    if header.get("num_rows", len(rows)) != len(rows):
+        raise ValueError(
+            f"{path} was saved for a split of {header.get('num_rows')} videos "
+            f"({header.get('split')}), this split ({split}) has {len(rows)}"
+        )
+    loader = testbed.loader(int(header["n_way"]), int(header["n_shot"]), int(header["n_query"]), int(header["seed"]))
+    if header.get("rows_digest", loader.rows_digest) != loader.rows_digest:
+        raise ValueError(
+            f"{path} was saved for other videos of {len(rows)} rows ({header.get('split')}): "
+            f"this split ({split}) lists other files or another order, so its row numbers name other videos"
+        )
+    return loader, plans
 
-    report: dict[str, Any] = {
-        "checkpoint": args.checkpoint,
-        "preset": args.preset,
-        "split": split,
-        "num_videos": len(rows),
-        "device": str(device),
-        "cache": not args.no_cache,
-    }
-    progress = not args.no_progress
-    if args.nway_curve:
-        too_many = [way for way in args.nway_curve if way > len({row.class_name for row in rows})]
-        if too_many:
-            raise UsageError(f"--nway-curve {too_many}: the split has only {len({r.class_name for r in rows})} classes")
-        points = []
-        for way in args.nway_curve:
-            loader = make_loader(way, 1, data.n_query, seed)
-            result = evaluate(
-                model, loader, range(episodes), corpus, cache=cache, inductive=args.inductive, progress=progress
-            )
-            print(f"{way}-way 1-shot: {result.summary()}")
-            points.append({"n_way": way, "n_shot": 1, **result.to_dict()})
-        title = f"{Path(args.checkpoint).name if args.checkpoint else args.preset} on {split}"
-        plot = plot_nway_curve(points, args.plot, title)
-        print(f"wrote {plot}")
-        report.update({"seed": seed, "n_query": data.n_query, "nway_curve": points, "plot": str(plot)})
+
+def evaluate_once(args: argparse.Namespace, testbed: Testbed, settings: Settings) -> dict[str, Any]:
+    """One C-way K-shot evaluation (episodes 0 .. N-1, or an episodes file's) -> the report's entries."""
+    from .data.episodes import write_episodes_file
+
+    data = testbed.data
+    if args.episodes_file:
+        loader, items = replay_loader(args.episodes_file, testbed)
     else:
-        if args.episodes_file:
-            header, items = read_episodes_file(args.episodes_file)
-            if header.get("num_frames", num_frames) != num_frames or header.get("image_size", image_size) != image_size:
-                raise ValueError(
-                    f"{args.episodes_file} was saved for T={header.get('num_frames')}, S={header.get('image_size')}; "
-                    f"this model uses T={num_frames}, S={image_size}"
-                )
-            if header.get("num_rows", len(rows)) != len(rows):
-                raise ValueError(
-                    f"{args.episodes_file} was saved for a split of {header.get('num_rows')} videos "
-                    f"({header.get('split')}), this split ({split}) has {len(rows)}"
-                )
-            loader = make_loader(
-                int(header["n_way"]), int(header["n_shot"]), int(header["n_query"]), int(header["seed"])
-            )
-            if header.get("rows_digest", loader.rows_digest) != loader.rows_digest:
-                raise ValueError(
-                    f"{args.episodes_file} was saved for other videos of {len(rows)} rows ({header.get('split')}): "
-                    f"this split ({split}) lists other files or another order, so its row numbers name other videos"
-                )
-            seed = loader.seed
-        else:
-            loader = make_loader(data.n_way, data.n_shot, data.n_query, seed)
-            items = range(episodes)
-        result = evaluate(model, loader, items, corpus, cache=cache, inductive=args.inductive, progress=progress)
-        queries = f"{loader.n_query} {'query' if loader.n_query == 1 else 'queries'}/class"
-        setting = f"{loader.n_way}-way {loader.n_shot}-shot ({queries})"
-        print(
-            f"accuracy {result.accuracy:.2f} ± {result.ci95:.2f} % (95% CI), {setting}, {result.episodes} episodes, "
-            f"{'inductive' if args.inductive else 'transductive'}, {result.episodes_per_second:.2f} episodes/s"
-        )
-        if result.skipped:
-            print(f"note: {result.skipped} unreadable video(s) skipped", file=sys.stderr)
-        if args.save_episodes:
-            print(f"wrote {write_episodes_file(args.save_episodes, loader, result.plans, split)}")
-        report.update({"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": seed})
-        report.update(result.to_dict())
-        report["episodes_file"] = args.episodes_file
+        loader, items = testbed.loader(data.n_way, data.n_shot, data.n_query, settings.seed), range(settings.episodes)
+    result = testbed.evaluate(loader, items)
+    queries = f"{loader.n_query} {'query' if loader.n_query == 1 else 'queries'}/class"
+    setting = f"{loader.n_way}-way {loader.n_shot}-shot ({queries})"
+    print(
+        f"accuracy {result.accuracy:.2f} ± {result.ci95:.2f} % (95% CI), {setting}, {result.episodes} episodes, "
+        f"{'inductive' if args.inductive else 'transductive'}, {result.episodes_per_second:.2f} episodes/s"
+    )
+    if result.skipped:
+        print(f"note: {result.skipped} unreadable video(s) skipped", file=sys.stderr)
+    if args.save_episodes:
+        print(f"wrote {write_episodes_file(args.save_episodes, loader, result.plans, testbed.split)}")
+    report = {"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": loader.seed}
+    return {**report, **result.to_dict(), "episodes_file": args.episodes_file}
+
+
+def finish(report: dict[str, Any], model, output: str | None) -> None:
+    """The official-compat note where it applies, and the report as JSON (--output)."""
     if model.config.official_compat_applies:
         from .model.task_adapter import OFFICIAL_COMPAT_NOTE
 
         report["official_compat_note"] = OFFICIAL_COMPAT_NOTE
         print(f"note: {OFFICIAL_COMPAT_NOTE}", file=sys.stderr)
-    if args.output:
-        output = atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
-        print(f"wrote {output}")
+    if output:
+        written = atomic_write_text(output, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {written}")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    device = resolve_device(args.device)
+    testbed = open_testbed(args, settings, device)
+    report: dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "preset": args.preset,
+        "split": testbed.split,
+        "num_videos": len(testbed.rows),
+        "device": str(device),
+        "cache": not args.no_cache,
+    }
+    report.update(nway_curve(args, testbed, settings) if args.nway_curve else evaluate_once(args, testbed, settings))
+    finish(report, testbed.model, args.output)
     return 0
 
 

@@ -244,8 +244,9 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
 
 
 def run(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .checkpoint import stored_run_config
     from .data.corpus import load_corpus
-    from .evaluate import load_model, stored_run_config
 
     queries = check_queries(args.queries)  # before the model loads: a typo costs no waiting
     support = support_rows(args.support)

@@ -1,4 +1,4 @@
-"""The episode loader, the confidence interval, the frozen-prefix cache and evaluation (taskadapter_fast.engine).
+"""The episode loader, the confidence interval, the frozen-prefix cache and evaluation (taskadapter_fast.evaluation).
 
 Real files throughout: the synthetic dataset (JPEG frame folders and VP9 webm files) at 32x32 and
 the tiny model preset.
@@ -22,7 +22,7 @@ from taskadapter_fast.data.decode import resize_size
 from taskadapter_fast.data.episodes import EpisodeLoader, EpisodePlan, redraw_index
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import PrefixCache, evaluate, mean_ci95
+from taskadapter_fast.evaluation import PrefixCache, evaluate, mean_ci95
 
 T, S = 8, 32
 

@@ -16,8 +16,8 @@ from taskadapter_fast.data.corpus import load_corpus
 from taskadapter_fast.data.episodes import EpisodeLoader
 from taskadapter_fast.data.splits import read_split
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.engine import evaluate
 from taskadapter_fast.evaluate import main
+from taskadapter_fast.evaluation import evaluate
 from taskadapter_fast.runconfig import RunConfig
 
 SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 32}

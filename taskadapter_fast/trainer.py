@@ -506,7 +506,7 @@ def _sharded_evaluate(model, loader, ids_or_plans: list, corpus, dist_info: Dist
     episodes back in the order of `ids_or_plans`, also when a rank skipped one (an unreadable video).
     """
     from .data.episodes import EpisodePlan
-    from .engine import evaluate, mean_ci95
+    from .evaluation import evaluate, mean_ci95
 
     share = ids_or_plans[dist_info.rank :: dist_info.world]
     part: dict[str, Any] = {"indices": [], "per_episode": [], "plans": [], "skipped": 0, "seconds": 0.0}

@@ -13,14 +13,27 @@ Compiled kernels get DOT_DTYPE = the compute dtype and RTNE_BF16 = False: both a
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelSupport:
+    """What a kernel handles, declared in its module as `SUPPORT`; each kernel adds its shape limits.
+
+    taskadapter_fast/ops/dispatch.py reads it: every item an input does not meet is a reason the kernel
+    cannot run, and impl="auto" then takes the reference.
+    """
+
+    devices: tuple[str, ...] = ("cuda", "cpu")  # device types; cpu only through Triton's interpreter
+    dtypes: tuple[torch.dtype, ...] = tuple(TL_DTYPES)  # of the tensors and of the compute (autocast) dtype
+    bf16_min_capability: tuple[int, int] = (8, 0)  # NVIDIA compute capability of bf16 dots (ROCm: any)
 
 
 @triton.jit

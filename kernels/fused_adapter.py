@@ -25,16 +25,24 @@ low-precision run rounds it. The skip and base are added in fp32 before the one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs, on_tensor_device
+from ._common import KernelSupport, cast, dot, dtype_constexprs, on_tensor_device
 from ._common import is_interpreted as _is_interpreted
 
-# The widest hidden (fc1 output) kept on chip: a [BLOCK_M, next_pow2(R)] fp32 tile per program.
-MAX_HIDDEN = 256
-__all__ = ["MAX_HIDDEN", "SUPPORTED_DTYPES", "FusedAdapterFunction", "is_interpreted"]
+
+@dataclass(frozen=True, kw_only=True)
+class FusedAdapterSupport(KernelSupport):
+    max_hidden: int  # the widest hidden (fc1 output) kept on chip: a [BLOCK_M, next_pow2(R)] fp32 tile per program
+
+
+# What these kernels handle; the dispatcher (taskadapter_fast/ops/dispatch.py) asks this.
+SUPPORT = FusedAdapterSupport(max_hidden=256)
+__all__ = ["SUPPORT", "FusedAdapterFunction", "FusedAdapterSupport", "is_interpreted"]
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -88,14 +96,7 @@ def _hidden(
     return h
 
 
-# NOTE (measurements): no performance number has been measured for these kernels yet; no GPU was
-# available when they were written. Verified for correctness only, on a 2-core x86 CPU (AMD EPYC,
-# torch 2.14.1, triton 3.8.0) through Triton's interpreter, whose timings are not performance
-# numbers. BLOCK_M, BLOCK_D and the warp counts (_blocks) are first guesses, not tuned, and whether
-# the fused forward beats cuBLAS GEMMs + eager GELU at ViT-B/16 sizes is unmeasured (the adapter's
-# share of issue 5's block-level targets, H100, bf16). Measure with `pytest
-# benchmarks/test_bench_ops.py --benchmark-only -k fused_adapter` on the GPU and write the numbers
-# here with the device they came from.
+# Speed: not measured yet; benchmarks/README.md ("The Triton kernels") says what was checked and how to measure.
 @triton.jit
 def _fused_adapter_fwd_kernel(
     y_ptr,
@@ -236,7 +237,7 @@ _BLOCK_M, _BLOCK_D, _NUM_WARPS = 32, 32, 8
 
 def _blocks(hidden: int) -> dict:
     block_r = max(16, triton.next_power_of_2(hidden))
-    assert block_r <= MAX_HIDDEN
+    assert block_r <= SUPPORT.max_hidden
     return {"BLOCK_M": _BLOCK_M, "BLOCK_R": block_r, "BLOCK_D": _BLOCK_D}
 
 

@@ -2,8 +2,9 @@
 
 The maths is `taskadapter_fast.ops.reference.short_attention_ref`: for qkv [..., 3*D] (q, k, v
 concatenated on the last dim, each split into heads as nn.MultiheadAttention does), attention runs
-along leading dimension `axis` (length L <= 64) and every other leading dimension is batch; the
-result is [..., D] in the layout the out-projection consumes. No mask, scale 1/sqrt(D/num_heads).
+along leading dimension `axis` (length L <= SUPPORT.max_seq_len) and every other leading dimension
+is batch; the result is [..., D] in the layout the out-projection consumes. No mask, scale
+1/sqrt(D/num_heads).
 
 Layout. The kernels read q, k and v straight from qkv through its strides and write the output
 in place of the usual permute -> attention -> permute back -> contiguous chain. The leading dims
@@ -30,18 +31,26 @@ rowsum(dO * O), so the forward output is not saved either.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, cast, dot, dtype_constexprs, on_tensor_device
+from ._common import KernelSupport, cast, dot, dtype_constexprs, on_tensor_device
 from ._common import is_interpreted as _is_interpreted
 
-# The largest sequence length (the short axis) the kernels handle: a whole sequence is one tile.
-MAX_SEQ_LEN = 64
-# The largest head width: q, k, v and the output of one head sit in registers.
-MAX_HEAD_DIM = 128
-__all__ = ["MAX_HEAD_DIM", "MAX_SEQ_LEN", "SUPPORTED_DTYPES", "ShortAttentionFunction", "is_interpreted"]
+
+@dataclass(frozen=True, kw_only=True)
+class ShortAttentionSupport(KernelSupport):
+    max_seq_len: int  # the longest sequence (the short axis): a whole sequence is one tile
+    max_head_dim: int  # the widest head: q, k, v and the output of one head sit in registers
+
+
+# What these kernels handle; the dispatcher (taskadapter_fast/ops/dispatch.py) asks this, and so, through
+# ops.short_attention_kernel_takes, does the model when it routes the 197-token spatial axis.
+SUPPORT = ShortAttentionSupport(max_seq_len=64, max_head_dim=128)
+__all__ = ["SUPPORT", "ShortAttentionFunction", "ShortAttentionSupport", "is_interpreted"]
 
 
 @triton.jit
@@ -115,13 +124,7 @@ def _probabilities(q, k, scale_log2e, local_seq, row_ok, DOT_DTYPE: tl.constexpr
     return probs / tl.sum(probs, axis=1)[:, None]
 
 
-# NOTE (measurements): no performance number has been measured for these kernels yet; no GPU was
-# available when they were written. Verified for correctness only, on a 2-core x86 CPU (AMD EPYC,
-# torch 2.14.1, triton 3.8.0) through Triton's interpreter, whose timings are not performance
-# numbers. BLOCK_M (_tiling) and the warp counts are first guesses, not tuned. Unmeasured target
-# (issue 5): short_attention fwd + bwd >= 3x the eager reference with its permutes, H100, bf16,
-# ViT-B/16, T = 8, 5-way 1-shot. Measure with `pytest benchmarks/test_bench_ops.py --benchmark-only
-# -k short_attention` on the GPU and write the numbers here with the device they came from.
+# Speed: not measured yet; benchmarks/README.md ("The Triton kernels") says what was checked and how to measure.
 @triton.jit
 def _short_attention_fwd_kernel(
     qkv_ptr,
@@ -297,7 +300,7 @@ def _check(qkv: torch.Tensor, num_heads: int, axis: int) -> tuple[int, int, int,
     assert axis != qkv.dim() - 1 and qkv.shape[-1] % (3 * num_heads) == 0
     dim = qkv.shape[-1] // 3
     seq_len = qkv.shape[axis]
-    assert seq_len <= MAX_SEQ_LEN and dim // num_heads <= MAX_HEAD_DIM
+    assert seq_len <= SUPPORT.max_seq_len and dim // num_heads <= SUPPORT.max_head_dim
     return axis, dim, dim // num_heads, seq_len
 
 

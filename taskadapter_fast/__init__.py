@@ -15,22 +15,17 @@ def _installed_fallback() -> None:
     Python imports this source tree, which holds neither the built C++ extension (`_episodes`) nor
     `taskadapter_fast.kernels` (setup.py installs the top-level kernels/ under that name). Let submodules missing
     here come from the installed copy: source modules first, the installed package's folder after them.
+    pkgutil.extend_path is the standard library's way to spread one package over several folders on sys.path (a
+    symlink to kernels/ in the source tree would still leave the built extension out; `pip install -e .` needs none).
     """
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
     if not ((here.parent / "setup.py").is_file() and (here.parent / "kernels").is_dir()):
         return  # an installed package
-    import sys
+    import pkgutil
 
-    for entry in sys.path:
-        try:
-            installed = (Path(entry or ".") / "taskadapter_fast").resolve()
-        except OSError:
-            continue
-        if installed != here and (installed / "__init__.py").is_file():
-            __path__.append(str(installed))
-            return
+    __path__[:] = pkgutil.extend_path(__path__, __name__)
 
 
 _installed_fallback()

@@ -297,6 +297,27 @@ def test_auto_takes_first_runnable_and_falls_back_past_64():
     assert out.shape == (2, 65, 3, 4)
 
 
+def test_dispatch_follows_the_limits_the_kernels_declare():
+    # The limits are declared once, in each kernel module's SUPPORT: the dispatcher and the model's routing
+    # (ops.short_attention_kernel_takes) must give the kernel exactly the max and the reference one past it.
+    from taskadapter_fast.kernels import fused_adapter, short_attention
+
+    cuda = torch.device("cuda")
+    longest, widest_head = short_attention.SUPPORT.max_seq_len, short_attention.SUPPORT.max_head_dim
+    assert _chosen("auto", torch.zeros(2, longest, 3, 12, device=DEVICE), cuda) == "triton"
+    assert _chosen("auto", torch.zeros(2, longest + 1, 3, 12, device=DEVICE), cuda) == "reference"
+    assert ops.short_attention_kernel_takes(longest) and not ops.short_attention_kernel_takes(longest + 1)
+    assert _chosen("auto", torch.zeros(2, 4, 1, 3 * 2 * widest_head, device=DEVICE), cuda) == "triton"
+    assert _chosen("auto", torch.zeros(2, 4, 1, 3 * 2 * (widest_head + 1), device=DEVICE), cuda) == "reference"
+
+    def adapter_chosen(hidden: int) -> str:
+        y, fc1, fc2 = (torch.zeros(shape, device=DEVICE) for shape in ((4, 16), (hidden, 16), (16, hidden)))
+        return dispatch.select("fused_adapter", ops.FUSED_ADAPTER_IMPLS, "auto", cuda, y, fc1, None, fc2, None).name
+
+    assert adapter_chosen(fused_adapter.SUPPORT.max_hidden) == "triton"
+    assert adapter_chosen(fused_adapter.SUPPORT.max_hidden + 1) == "reference"
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU rule")
 def test_auto_on_cpu_never_picks_the_interpreter():
     assert _chosen("auto", torch.zeros(2, 8, 3, 12)) == "reference"

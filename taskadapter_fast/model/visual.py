@@ -17,41 +17,15 @@ def _is_literal(impl: str) -> bool:
 
 
 # Two formulations of the same maths. impl="reference" runs the literal one: CLIP's own block forward for the
-# frozen blocks, every token through every adapted block, the readable baseline (and the official code's
-# structure). Every other impl ("auto", "triton") runs the restructured one below, which computes the same
-# function with less work on CPU and GPU alike:
-# - frozen blocks as explicit in-proj -> SDPA -> out-proj on contiguous tensors instead of nn.MultiheadAttention,
-#   whose batch_first transpose hands F.linear a non-contiguous [N, B, D] input that CPU autocast turns into a
-#   batched matmul with the weight expanded and copied B times;
-# - the attention output is made contiguous before the out-projection (the same pathology for the T-MSA and
-#   Task-MSA outputs, which are permuted views);
+# frozen blocks and every token through every adapted block, the readable baseline (the official code's
+# structure). Every other impl ("auto", "triton") runs the restructured one, which does less work on CPU and GPU:
+# - frozen blocks as explicit in-proj -> SDPA -> out-proj instead of nn.MultiheadAttention, and attention outputs
+#   made contiguous before the out-projection: under CPU autocast, F.linear on a non-contiguous input (MHA's
+#   batch_first transpose, the permuted T-MSA and Task-MSA outputs) is a batched matmul over B copies of the weight;
 # - in the last block only the class token is computed past the spatial MSA (the head reads only it, and the
-#   spatial MSA is the only step that mixes token positions): 7.5% fewer FLOPs in the forward and backward.
-# The first two are bit-identical to the literal formulation in training (fp32 and bf16 autocast; under no_grad
-# nn.MultiheadAttention takes its own fused path, ~7e-7 away); the third is exact maths with different rounding
-# of the class-token rows: fp32 tiny-model losses within 1.3e-6 of the literal ones over 5 SGD steps, the
-# ViT-B/16 cpu-visual-step loss bit-identical and its gradients within 6e-7 (relative to their max).
-# NOTE (measured 2026-11-25: 2-core AMD EPYC with AVX-512 bf16, shared with other jobs, torch 2.14.1 CPU). The
-# issue's CPU case, the visual training step (3 videos x 8 frames, ViT-B/16 random init, L = 6, fwd + bwd into
-# E_t and the adapters; benchmarks/test_bench_model.py, cpu-visual-step / cpu-target), the four variants
-# interleaved in every round, ratios paired per round against the literal fp32 step (median of 5 rounds,
-# OMP_NUM_THREADS=1, where the numbers are stable): literal fp32 31.7 s; restructured fp32 26.8 s (1.20x,
-# 1.01-1.25); literal bf16 autocast 19.0 s (1.67x; the issue quotes 2.7x for autocast alone); restructured bf16
-# autocast 14.7 s (2.16x, 2.03-2.23). Two threads on the 2 cores while idle: 16.4 / 15.0 / 10.7 / 7.5 s
-# (1.09x / 1.54x / 2.18x). Inference (no_grad, 2 videos, 1 thread): bf16 5.1 s against 11.2 s literal.
-# The issue's 3x (bf16 vs the fp32 literal step) is out of reach here: in the profile of the restructured bf16
-# step (1 thread), 72% is GEMMs already at ~175 GFLOP/s; one core's best here, a large 4096x768 @ 768x3072 GEMM,
-# is 212 GFLOP/s in bf16 against 87 in fp32 (2.43x, measured 2026-11-26); the spatial attention (SDPA's CPU flash
-# kernel, backward at ~40 GFLOP/s) is 16%. The GEMMs alone, 10.6 s, bound the ratio at about 2.9x against 31 s
-# even if everything else were free. Re-measured on the idle machine (2026-11-26, benchmarks/RESULTS.md,
-# cpu-target, 3 paired rounds, 1 thread): restructured fp32 1.13x, restructured bf16 autocast 2.11x.
-# Tried and dropped (same measurement): explicit softmax(QK^T)V for the 197-token spatial attention is 2x faster
-# than SDPA in bf16, but its bf16-rounded scores fail DESIGN's 2x rule, and with fp32 scores it is slower than
-# SDPA; SDPA in fp32 inside the bf16 step gains ~1.5% of the step; inductor (torch.compile) over the restructured
-# bf16 step: 22.1 s against 22.8 s eager (2 loaded threads) after a 110 s compile. The frozen prefix cannot run
-# under no_grad: E_t is added before it, so its gradient flows back through all six frozen blocks (about a fifth
-# of the step's FLOPs goes to that 6,144-number gradient). LN1 runs three times on three different inputs (x
-# changes after every MSA), so there is nothing to share.
+#   spatial MSA is the only step that mixes token positions).
+# How close the two are, the measured speed-ups, and what was tried and dropped: benchmarks/README.md, "CPU
+# measurements of the visual training step".
 
 
 def _msa(block: nn.Module, h: torch.Tensor, axis: int, impl: str) -> torch.Tensor:
@@ -120,7 +94,7 @@ def adapted_block_forward(
     else:
         # spatial: sequence = the N tokens (197 for ViT-B/16), longer than the short-axis kernel takes: the
         # reference's SDPA, whatever impl (or TAF_IMPL) asks for the short axes.
-        too_long = x.shape[2] > ops.dispatch.SHORT_ATTENTION_MAX_SEQ_LEN
+        too_long = not ops.short_attention_kernel_takes(x.shape[2])
         spatial_impl = "reference" if impl == "reference" or too_long else "auto"
         spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
     x = adapters.s_adapter(spatial, base=x, impl=impl) if adapters.s_adapter is not None else x + spatial

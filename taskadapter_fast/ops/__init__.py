@@ -17,6 +17,7 @@ from .dispatch import (
     Implementation,
     requested_impl,
     select,
+    short_attention_kernel_takes,
     validate_fused_adapter,
     validate_short_attention,
 )
@@ -67,5 +68,6 @@ __all__ = [
     "fused_adapter_ref",
     "requested_impl",
     "short_attention",
+    "short_attention_kernel_takes",
     "short_attention_ref",
 ]

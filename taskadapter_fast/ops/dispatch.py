@@ -1,7 +1,12 @@
 """Implementation registry and selection for the functional ops (DESIGN.md, "Reference and fast paths").
 
-Every implementation declares what it supports (devices, dtypes, shape limits, the tolerance floor
-of its parity check) and answers `not_supported_reasons(...)` for concrete inputs. Selection:
+Each kernel module declares what it supports next to the kernel (`SUPPORT`: devices, dtypes, shape
+limits; kernels/_common.py, KernelSupport); the reference runs on every device and dtype, without limits.
+An `Implementation` here holds the devices on which auto may pick it and the tolerance floor of its parity
+check, and answers `not_supported_reasons(...)` for concrete inputs, the Triton ones by reading the
+kernel's SUPPORT (when the kernels cannot be imported, that is the only reason). Code that routes by
+shape itself asks the same declaration through this module (the model: `short_attention_kernel_takes`).
+Selection:
 
 - `impl="auto"` takes the first implementation, in declared order, whose `auto_devices` include
   the input's device type and that has no reasons, silently. Triton comes first and is
@@ -42,20 +47,15 @@ except ImportError as error:  # no triton on this platform
 
 IMPLS = ("auto", "reference", "triton")
 ENV_IMPL = "TAF_IMPL"
-LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
 ANY_DEVICE = "*"
-TRITON_DEVICES = ("cuda", "cpu")  # cpu only through the interpreter
 
 
 @dataclass(frozen=True)
 class Implementation:
-    """One implementation of one op and what it supports."""
+    """One implementation of one op: where auto may choose it, and why it cannot run given inputs."""
 
     name: str
-    devices: tuple[str, ...]  # device types it can run on at all (ANY_DEVICE: every one)
-    auto_devices: tuple[str, ...]  # device types on which impl="auto" may choose it
-    dtypes: tuple[torch.dtype, ...]
-    limits: dict[str, int]  # shape limits, by name
+    auto_devices: tuple[str, ...]  # device types on which impl="auto" may choose it (ANY_DEVICE: every one)
     # absolute floor added to the 2x rule when checking against the fp32 reference (DESIGN.md, tests)
     atol_floor: dict[torch.dtype, float]
     run: Callable[..., torch.Tensor]
@@ -112,36 +112,42 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
-def _triton_device_reasons(device: torch.device, dtypes: list[torch.dtype], interpreted: Callable[[], bool]):
-    if TRITON_UNAVAILABLE:
-        return [TRITON_UNAVAILABLE]
+def _triton_device_reasons(kernels, device: torch.device, dtypes: list[torch.dtype]) -> list[str]:
+    """Why the kernels module `kernels` cannot run on this device in these dtypes, from its SUPPORT."""
+    support = kernels.SUPPORT
     reasons = []
-    if device.type == "cuda":
+    if device.type not in support.devices:
+        devices = ", ".join(support.devices)
+        reasons.append(f"device type {device.type!r} is not supported ({devices}; cpu via the interpreter)")
+    elif device.type == "cuda":
         # get_device_properties, unlike get_device_capability, is constant-folded by torch.compile
         properties = torch.cuda.get_device_properties(device)
         capability = (properties.major, properties.minor)
-        if torch.bfloat16 in dtypes and torch.version.hip is None and capability < (8, 0):
-            reasons.append(f"bfloat16 needs compute capability 8.0 or newer, the device has {capability}")
+        needed = support.bf16_min_capability
+        if torch.bfloat16 in dtypes and torch.version.hip is None and capability < needed:
+            reasons.append(
+                f"bfloat16 needs compute capability {needed[0]}.{needed[1]} or newer, the device has {capability}"
+            )
     elif device.type == "cpu":  # the interpreter only; never chosen by auto (see auto_devices)
-        if not interpreted():
+        if not kernels.is_interpreted():
             reasons.append(
                 "tensors are on the CPU and the Triton kernels were not built for the interpreter "
                 "(set TRITON_INTERPRET=1 before taskadapter_fast and triton are first imported)"
             )
-    else:
-        reasons.append(
-            f"device type {device.type!r} is not supported ({', '.join(TRITON_DEVICES)}; cpu via the interpreter)"
-        )
-    unsupported = sorted({str(dtype) for dtype in dtypes if dtype not in LOW_PRECISION})
+    unsupported = sorted({str(dtype) for dtype in dtypes if dtype not in support.dtypes})
     if unsupported:
-        reasons.append(f"dtype {', '.join(unsupported)} is not supported (float32, bfloat16, float16)")
+        names = ", ".join(str(dtype).removeprefix("torch.") for dtype in support.dtypes)
+        reasons.append(f"dtype {', '.join(unsupported)} is not supported ({names})")
     return reasons
 
 
 # short_attention ------------------------------------------------------------------------------------
 
-SHORT_ATTENTION_MAX_SEQ_LEN = 64
-SHORT_ATTENTION_MAX_HEAD_DIM = 128
+
+def short_attention_kernel_takes(seq_len: int) -> bool:
+    """Whether the Triton short_attention kernel declares sequences of `seq_len` positions within its limit
+    (False when the kernels cannot be imported). Longer axes, e.g. the 197 spatial tokens, go to the reference."""
+    return short_attention_kernels is not None and seq_len <= short_attention_kernels.SUPPORT.max_seq_len
 
 
 def validate_short_attention(qkv: torch.Tensor, num_heads: int, axis: int) -> None:
@@ -159,17 +165,19 @@ def validate_short_attention(qkv: torch.Tensor, num_heads: int, axis: int) -> No
 
 
 def _short_attention_triton_reasons(qkv: torch.Tensor, num_heads: int, axis: int) -> list[str]:
-    dtypes = [qkv.dtype, compute_dtype(qkv)]
-    reasons = _triton_device_reasons(qkv.device, dtypes, lambda: short_attention_kernels.is_interpreted())
+    if TRITON_UNAVAILABLE:
+        return [TRITON_UNAVAILABLE]
+    support = short_attention_kernels.SUPPORT
+    reasons = _triton_device_reasons(short_attention_kernels, qkv.device, [qkv.dtype, compute_dtype(qkv)])
     seq_len = qkv.shape[axis]
-    if seq_len > SHORT_ATTENTION_MAX_SEQ_LEN:
+    if not short_attention_kernel_takes(seq_len):
         reasons.append(
-            f"sequence length {seq_len} (dim {axis}) exceeds {SHORT_ATTENTION_MAX_SEQ_LEN}: the kernel holds a "
+            f"sequence length {seq_len} (dim {axis}) exceeds {support.max_seq_len}: the kernel holds a "
             "whole sequence in one tile; long axes (e.g. the 197 spatial tokens) belong to the reference's SDPA"
         )
     head_dim = qkv.shape[-1] // 3 // num_heads
-    if head_dim > SHORT_ATTENTION_MAX_HEAD_DIM:
-        reasons.append(f"head dim {head_dim} exceeds {SHORT_ATTENTION_MAX_HEAD_DIM}")
+    if head_dim > support.max_head_dim:
+        reasons.append(f"head dim {head_dim} exceeds {support.max_head_dim}")
     return reasons
 
 
@@ -179,15 +187,7 @@ TRITON_ATOL_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1
 
 def _reference(run) -> Implementation:
     """The pure-PyTorch reference: every device and dtype, always able to run."""
-    return Implementation(
-        name="reference",
-        devices=(ANY_DEVICE,),
-        auto_devices=(ANY_DEVICE,),
-        dtypes=(torch.float64, *LOW_PRECISION),
-        limits={},
-        atol_floor={},
-        run=run,
-    )
+    return Implementation(name="reference", auto_devices=(ANY_DEVICE,), atol_floor={}, run=run)
 
 
 def _short_attention_triton(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.Tensor:
@@ -197,10 +197,7 @@ def _short_attention_triton(qkv: torch.Tensor, num_heads: int, axis: int) -> tor
 SHORT_ATTENTION_IMPLS = (
     Implementation(
         name="triton",
-        devices=TRITON_DEVICES,
         auto_devices=("cuda",),
-        dtypes=LOW_PRECISION,
-        limits={"max_seq_len": SHORT_ATTENTION_MAX_SEQ_LEN, "max_head_dim": SHORT_ATTENTION_MAX_HEAD_DIM},
         atol_floor=TRITON_ATOL_FLOOR,
         run=_short_attention_triton,
         reasons=_short_attention_triton_reasons,
@@ -210,8 +207,6 @@ SHORT_ATTENTION_IMPLS = (
 
 
 # fused_adapter --------------------------------------------------------------------------------------
-
-FUSED_ADAPTER_MAX_HIDDEN = 256
 
 
 def validate_fused_adapter(
@@ -260,13 +255,16 @@ def _fused_adapter_triton_reasons(
     base: torch.Tensor | None = None,
     skip: bool = False,
 ) -> list[str]:
+    if TRITON_UNAVAILABLE:
+        return [TRITON_UNAVAILABLE]
     tensors = [t for t in (y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base) if t is not None]
     dtypes = [t.dtype for t in tensors] + [compute_dtype(y)]
-    reasons = _triton_device_reasons(y.device, dtypes, lambda: fused_adapter_kernels.is_interpreted())
+    reasons = _triton_device_reasons(fused_adapter_kernels, y.device, dtypes)
     if any(t.device != y.device for t in tensors):
         reasons.append("all tensors must be on y's device")
-    if fc1_weight.shape[0] > FUSED_ADAPTER_MAX_HIDDEN:
-        reasons.append(f"hidden width {fc1_weight.shape[0]} exceeds {FUSED_ADAPTER_MAX_HIDDEN}, the on-chip tile")
+    max_hidden = fused_adapter_kernels.SUPPORT.max_hidden
+    if fc1_weight.shape[0] > max_hidden:
+        reasons.append(f"hidden width {fc1_weight.shape[0]} exceeds {max_hidden}, the on-chip tile")
     if base is not None and base.shape != y.shape:
         reasons.append(f"base {tuple(base.shape)} must have y's shape {tuple(y.shape)} (no broadcasting)")
     return reasons
@@ -281,10 +279,7 @@ def _fused_adapter_triton(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base=No
 FUSED_ADAPTER_IMPLS = (
     Implementation(
         name="triton",
-        devices=TRITON_DEVICES,
         auto_devices=("cuda",),
-        dtypes=LOW_PRECISION,
-        limits={"max_hidden": FUSED_ADAPTER_MAX_HIDDEN},
         atol_floor=TRITON_ATOL_FLOOR,
         run=_fused_adapter_triton,
         reasons=_fused_adapter_triton_reasons,

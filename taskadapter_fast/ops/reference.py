@@ -1,6 +1,7 @@
 """Pure-PyTorch reference implementations: the single definition of each op's maths.
 
-Every fast path (kernels/) is checked against these functions in tests and benchmarks.
+Every fast path (kernels/) is checked against these functions in tests and benchmarks. They run on
+every device and in every floating dtype, with no shape limit: impl="auto" can always fall back to them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 
 # Sequences longer than this go through SDPA in the reference (same maths, less memory);
 # shorter ones use the explicit softmax(QK^T)V, which also works past SDPA's 65,535-batch limit.
-_EXPLICIT_MAX_LEN = 64
+# A choice of the reference's own formulation, not the Triton kernel's limit (kernels/short_attention.py, SUPPORT).
+_EXPLICIT_SOFTMAX_MAX_LEN = 64
 
 
 def short_attention_ref(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.Tensor:
@@ -34,7 +36,7 @@ def short_attention_ref(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.T
     batch_shape, seq_len = moved.shape[:-2], moved.shape[-2]
     x = moved.reshape(batch_shape.numel(), seq_len, 3, num_heads, head_dim)  # not -1: ambiguous when empty
     q, k, v = (t.transpose(1, 2) for t in x.unbind(2))  # each [B, H, L, hd]
-    if seq_len <= _EXPLICIT_MAX_LEN:
+    if seq_len <= _EXPLICIT_SOFTMAX_MAX_LEN:
         attn = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, L, L]
         softmax_dtype = torch.float32 if attn.dtype in (torch.float16, torch.bfloat16) else attn.dtype
         attn = attn.softmax(dim=-1, dtype=softmax_dtype).to(v.dtype)

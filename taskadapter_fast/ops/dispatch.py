@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import IMPLS
 from .reference import fused_adapter_ref, short_attention_ref
 
 try:
@@ -45,7 +46,6 @@ except ImportError as error:  # no triton on this platform
     fused_adapter_kernels = short_attention_kernels = None
     TRITON_UNAVAILABLE = f"triton cannot be imported ({error})"
 
-IMPLS = ("auto", "reference", "triton")
 ENV_IMPL = "TAF_IMPL"
 ANY_DEVICE = "*"
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runconfig import DECODERS  # the one list of decoder names
 from .decode_common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -96,8 +97,6 @@ __all__ = [  # the public decoding API, wherever each name is defined
 ]
 
 logger = logging.getLogger(__name__)
-
-DECODERS = ("auto", "pyav", "dali_cpu", "dali_gpu")
 
 
 def video_kind(path: str | os.PathLike) -> str:

@@ -190,19 +190,20 @@ def _reference(run) -> Implementation:
     return Implementation(name="reference", auto_devices=(ANY_DEVICE,), atol_floor={}, run=run)
 
 
+def _triton_then_reference(run: Callable, reasons: Callable, reference: Callable) -> tuple[Implementation, ...]:
+    """An op's implementations in order of preference: the Triton kernel (auto on CUDA), then the reference."""
+    triton = Implementation(
+        name="triton", auto_devices=("cuda",), atol_floor=TRITON_ATOL_FLOOR, run=run, reasons=reasons
+    )
+    return (triton, _reference(reference))
+
+
 def _short_attention_triton(qkv: torch.Tensor, num_heads: int, axis: int) -> torch.Tensor:
     return torch.ops.taskadapter_fast.short_attention(qkv, num_heads, axis, compute_dtype(qkv))
 
 
-SHORT_ATTENTION_IMPLS = (
-    Implementation(
-        name="triton",
-        auto_devices=("cuda",),
-        atol_floor=TRITON_ATOL_FLOOR,
-        run=_short_attention_triton,
-        reasons=_short_attention_triton_reasons,
-    ),
-    _reference(short_attention_ref),
+SHORT_ATTENTION_IMPLS = _triton_then_reference(
+    _short_attention_triton, _short_attention_triton_reasons, short_attention_ref
 )
 
 
@@ -276,13 +277,4 @@ def _fused_adapter_triton(y, fc1_weight, fc1_bias, fc2_weight, fc2_bias, base=No
     )
 
 
-FUSED_ADAPTER_IMPLS = (
-    Implementation(
-        name="triton",
-        auto_devices=("cuda",),
-        atol_floor=TRITON_ATOL_FLOOR,
-        run=_fused_adapter_triton,
-        reasons=_fused_adapter_triton_reasons,
-    ),
-    _reference(fused_adapter_ref),
-)
+FUSED_ADAPTER_IMPLS = _triton_then_reference(_fused_adapter_triton, _fused_adapter_triton_reasons, fused_adapter_ref)

@@ -21,12 +21,10 @@ softmax(logit_scale · score).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,8 +188,12 @@ def format_table(results: Sequence[Mapping[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------------ corpus
 def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url: str, model: str, api_key_env: str):
-    """Generate (or complete) a sub-action corpus for `class_names` at `out`; returns it."""
-    from .data.corpus import CommandError, generate, load_corpus, resolve_subactions
+    """Generate (or complete) a sub-action corpus for `class_names` at `out`; returns it.
+
+    Its progress and status lines go to stderr, so stdout stays the predictions.
+    """
+    from .data.corpus import load_corpus, resolve_subactions
+    from .data.corpus_generate import GenerationError, generate_corpus_file
 
     out = Path(out)
     if out.is_file():
@@ -201,16 +203,16 @@ def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url
             return corpus  # already covers every class: nothing to ask
         except ValueError:
             pass
-    with tempfile.TemporaryDirectory() as folder:
-        labels = Path(folder) / "labels.txt"
-        labels.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
-        try:  # its progress and summary are status messages: stderr, so stdout stays the predictions
-            with contextlib.redirect_stdout(sys.stderr):
-                status = generate(str(labels), str(out), base_url, model, api_key_env)
-        except CommandError as error:
+    try:
+        corpus = generate_corpus_file(class_names, out, base_url, model, api_key_env)
+    except GenerationError as error:
+        if not error.failed or error.fatal:  # bad settings, or the endpoint refused or is out of reach
             raise RuntimeError(f"--generate-corpus: {error}") from None
-    if status != 0:
-        raise RuntimeError(f"--generate-corpus: not every class got its sub-actions (see above); {out} is incomplete")
+        print(f"error: {error}", file=sys.stderr)
+        raise RuntimeError(
+            f"--generate-corpus: not every class got its sub-actions (see above); {out} is incomplete"
+        ) from None
+    print(corpus.summary(out), file=sys.stderr)
     return load_corpus(out)
 
 

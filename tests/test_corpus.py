@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from taskadapter_fast.corpus import main
 from taskadapter_fast.data import load_corpus, resolve_subactions, save_corpus
-from taskadapter_fast.data.corpus import INSTRUCTION, main, parse_stages, validate_corpus
+from taskadapter_fast.data.corpus import validate_corpus
+from taskadapter_fast.data.corpus_generate import INSTRUCTION, parse_stages
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -519,7 +521,8 @@ def test_generate_retries_errors_and_malformed_answers(tmp_path, chat_server):
 def test_retry_after_hints():
     from email.utils import formatdate
 
-    from taskadapter_fast.data.corpus import _MAX_RETRY_AFTER_S, _retry_after
+    from taskadapter_fast.data.http_retry import MAX_RETRY_AFTER_S as _MAX_RETRY_AFTER_S
+    from taskadapter_fast.data.http_retry import retry_after as _retry_after
 
     assert _retry_after("2") == 2.0 and _retry_after("-5") == 0.0
     assert _retry_after("99999") == _MAX_RETRY_AFTER_S

@@ -15,6 +15,8 @@ _EXPORTS = {
     "load_corpus": "corpus",
     "save_corpus": "corpus",
     "resolve_subactions": "corpus",
+    "generate_corpus": "corpus_generate",
+    "fetch_corpus": "corpus_fetch",
     "read_split": "splits",
     "prepare": "splits",
     "load_clip": "decode",

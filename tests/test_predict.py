@@ -17,7 +17,8 @@ from taskadapter_fast import create_model
 from taskadapter_fast.checkpoint import save_adapters
 from taskadapter_fast.data.corpus import load_corpus
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.predict import main, predict
+from taskadapter_fast.inference import predict
+from taskadapter_fast.predict import main
 from taskadapter_fast.runconfig import RunConfig
 
 SYNTHETIC = {"videos_per_class": 3, "min_frames": 16, "max_frames": 21, "size": 32}

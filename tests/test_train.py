@@ -17,7 +17,7 @@ import torch
 
 from taskadapter_fast.runconfig import RunConfig, resolve_run_config, run_config_from_json
 from taskadapter_fast.train import main as train_main
-from taskadapter_fast.trainer import (
+from taskadapter_fast.training import (
     DistInfo,
     build_model,
     build_optimizer,
@@ -171,7 +171,7 @@ def test_cli_flags_become_overrides(monkeypatch, tmp_path):
         seen.update(run=run_config, output_dir=output_dir, device=device)
         return {}
 
-    monkeypatch.setattr("taskadapter_fast.trainer.train", fake_train)
+    monkeypatch.setattr("taskadapter_fast.training.train", fake_train)
     argv = ["--way", "3", "--shot", "2", "--query", "4", "--seed", "7", "--device", "cpu", "--output-dir", "x"]
     assert train_main([*argv, "train.lr=0.5"]) == 0
     run: RunConfig = seen["run"]
@@ -294,7 +294,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(small_run, pieces):
 
 
 def test_bf16_autocast_step_runs(small_run, pieces):
-    from taskadapter_fast.trainer import amp_context
+    from taskadapter_fast.training import amp_context
 
     data, loader = pieces
     model = build_model(small_run).train()

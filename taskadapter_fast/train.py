@@ -51,7 +51,7 @@ def build_parser(prog: str = "python -m taskadapter_fast.train") -> argparse.Arg
 
 def run(args) -> int:
     from .runconfig import resolve_run_config
-    from .trainer import train
+    from .training import train
 
     flags = []
     if args.seed is not None:

@@ -13,9 +13,8 @@ import pytest
 import torch
 from helpers import read_adapters, small_overrides
 
-from taskadapter_fast import trainer
 from taskadapter_fast.runconfig import resolve_run_config
-from taskadapter_fast.trainer import train
+from taskadapter_fast.training import recipe, train
 
 
 def overrides(root) -> list[str]:
@@ -47,7 +46,7 @@ def test_two_ranks_equal_one_process_accumulating_two_episodes(tmp_path, monkeyp
     def dies(*args, **kwargs):
         raise RuntimeError("the machine went away")
 
-    monkeypatch.setattr(trainer, "train_step", dies)
+    monkeypatch.setattr(recipe, "train_step", dies)
     lost = resolve_run_config(overrides=[*overrides(root), "train.accumulate=1"])
     with pytest.raises(RuntimeError, match="went away"):
         train(lost, tmp_path / "ddp", device="cpu", progress=False)

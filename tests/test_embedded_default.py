@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from taskadapter_fast.runconfig import resolve_run_config
-from taskadapter_fast.trainer import train
+from taskadapter_fast.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

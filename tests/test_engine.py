@@ -211,7 +211,7 @@ def test_loader_refusals_name_the_classes(test_rows):
 
 def test_training_names_the_split_a_refusal_comes_from(test_rows):
     from taskadapter_fast.runconfig import resolve_run_config
-    from taskadapter_fast.trainer import make_loader
+    from taskadapter_fast.training import make_loader
 
     run = resolve_run_config(overrides=["data.n_way=9"])
     with pytest.raises(ValueError, match="^val split: n_way = 9"):

@@ -17,7 +17,7 @@ from helpers import read_adapters, small_overrides
 
 from taskadapter_fast.runconfig import RunConfig, resolve_run_config, run_config_from_json
 from taskadapter_fast.train import main as train_main
-from taskadapter_fast.trainer import (
+from taskadapter_fast.training import (
     DistInfo,
     build_model,
     build_optimizer,
@@ -117,7 +117,7 @@ def test_config_file_and_round_trip(tmp_path):
         (["train.bogus=1"], "unknown config key"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--config", "/does/not/exist.yaml"], "config file not found"),
-        (["--way", "0"], "expected a positive integer"),
+        (["--way", "0"], "--way must be >= 1, got 0"),
         (["--resume", "/does/not/exist"], "no config.yaml"),
         (["--resume", "x", "train.lr=1"], "--resume keeps the run's own config"),
         (["justaword"], "must look like key.sub=value"),
@@ -141,7 +141,7 @@ def test_cli_flags_become_overrides(monkeypatch, tmp_path):
         seen.update(run=run_config, output_dir=output_dir, device=device)
         return {}
 
-    monkeypatch.setattr("taskadapter_fast.trainer.train", fake_train)
+    monkeypatch.setattr("taskadapter_fast.training.train", fake_train)
     argv = ["--way", "3", "--shot", "2", "--query", "4", "--seed", "7", "--device", "cpu", "--output-dir", "x"]
     assert train_main([*argv, "train.lr=0.5"]) == 0
     run: RunConfig = seen["run"]
@@ -264,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(small_run, pieces):
 
 
 def test_bf16_autocast_step_runs(small_run, pieces):
-    from taskadapter_fast.trainer import amp_context
+    from taskadapter_fast.training import amp_context
 
     data, loader = pieces
     model = build_model(small_run).train()

@@ -35,7 +35,7 @@ IMAGE_SIZE = 224
 NUM_CLIPS, NUM_SOURCE_FRAMES, T = 8, 32, 8
 WIDTH, HEIGHT = 320, 240
 FRAMES_PER_PASS = NUM_CLIPS * T
-# Eval TSN indices (SPEC §1): segment centres of a 32-frame video, from the episode sampler.
+# Eval TSN indices (docs/method.md §1.2): segment centres of a 32-frame video, from the episode sampler.
 INDICES = frame_indices([NUM_SOURCE_FRAMES], T)[0]
 
 _MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)

@@ -31,7 +31,7 @@ The backbone is ViT-B/16 with random weights (no download) and OpenAI CLIP's Qui
 parameters get small random values (zero-initialised fc2s would make most gradients trivially zero).
 
 Parity, asserted before anything is timed, on the case's own inputs (the references themselves are not checked):
-- block: DESIGN.md's 2x rule against a float64 run of the reference block (ops.testing.check_parity), with
+- block: the 2x rule (docs/method.md §9.3) against a float64 run of the reference block (ops.testing.check_parity), with
   the floors of the op benchmarks (triton: the kernels' declared bf16 floor; compile: 1e-3; auto-fp32: 1e-5).
 - whole model (episode, cpu-visual-step): float64 ViT-B/16 steps would take minutes on a CPU, so the fp32
   reference stands in for the exact result. Per output and per gradient tensor, err = max|a - b| / max|b|

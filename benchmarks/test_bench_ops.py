@@ -13,7 +13,7 @@ come out of autocast linears), weights and the residual `base` in fp32.
 Modes: fwd (training forward: inputs require grad), bwd (gradients of every input, the forward
 untimed), full (both); the full mode also records the peak CUDA memory of one step above its inputs.
 Every non-reference case first asserts parity with the eager reference on its own inputs
-(DESIGN.md's 2x rule against a float64 run), then times.
+(the 2x parity rule of docs/method.md §9.3, against a float64 run), then times.
 
 Hardware units (extra_info): GB/s counts the bytes the op must move at least (each input read once,
 each output written once), divided by the mean time; TFLOP/s counts the matmul FLOPs of the maths

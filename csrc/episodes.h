@@ -23,7 +23,7 @@ void sample_episodes(const int64_t* offsets, const int64_t* videos, int64_t num_
                      int64_t n_shot, int64_t n_query, uint64_t seed, uint64_t start, int64_t count,
                      int64_t* classes, int64_t* support, int64_t* query);
 
-// TSN frame indices (SPEC section 1) for num_videos videos, written to out [num_videos, num_segments].
+// TSN frame indices (docs/method.md §1.2) for num_videos videos, written to out [num_videos, num_segments].
 // Train and n > T: avg = n / T; idx_s = s * avg + bounded(stream_key(seed, kSaltFrames, key), s, avg).
 // Otherwise: tick = double(n) / T; idx_s = int(tick / 2 + tick * s) in IEEE double, like Python.
 // key is keys[v], or v when keys is null.

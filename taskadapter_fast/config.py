@@ -41,31 +41,31 @@ IMPLS = ("auto", "reference", "triton")
 
 @dataclass
 class ModelConfig:
-    """Everything that defines a Task-Adapter++ model (SPEC §2–§6)."""
+    """Everything that defines a Task-Adapter++ model (docs/method.md §2–§6)."""
 
     clip_model: str = "ViT-B-16"  # any open_clip ViT model name (tiny ones are registered by this package)
     pretrained: str | None = None  # open_clip tag ("openai"), a local checkpoint file, or None (random init)
     quick_gelu: bool | None = None  # None: follow the pretrained tag (OpenAI CLIP uses QuickGELU)
     init_seed: int = 0  # seeds the random init of the frozen backbone, so a checkpoint alone rebuilds it
     num_frames: int = 8
-    # visual branch (SPEC §2)
+    # visual branch (docs/method.md §2)
     adapter_layers: int = 6  # L: adapt the last L blocks
     adapter_ratio: float = 0.25  # bottleneck D -> D*ratio -> D
     aim_adapters: bool = True  # T-MSA + A_t, A_s, A_mlp (AIM's adapters)
     task_adapter: bool = True  # Task-MSA + A_task
     temporal_embedding: bool = True
     full_finetune: bool = False  # ablation: train the whole visual backbone
-    # semantic branch (SPEC §4)
+    # semantic branch (docs/method.md §4)
     text_adapter_layers: int = 2  # M: O-MSA + A_o in the last M text blocks
     sub_actions: str = "stages"  # stages | none (plain label) | average | concat
     prompt_template: str = "A video of action about {label}: {stage}"
     label_prompt_template: str = "A video of action about {label}"
-    # alignment (SPEC §5)
+    # alignment (docs/method.md §5)
     alignment: str = "cross_attention"
     alignment_layers: int = 1
     alignment_mode: str = "cross_query"  # cross_query (official) | per_video (paper's eq. 15 reading)
     alignment_layernorm: bool = False  # SSv2-Full preset: LayerNorm on the attention output
-    # scores (SPEC §3, §6)
+    # scores (docs/method.md §3, §6)
     metric: str = "proto_mean"
     metric_options: dict[str, Any] = field(default_factory=dict)
     score: str = "both"

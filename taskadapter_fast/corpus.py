@@ -20,7 +20,7 @@ PROG = "python -m taskadapter_fast.corpus"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = Parser(prog=prog, description="Sub-action corpus tools (SPEC §4).")
+    parser = Parser(prog=prog, description="Sub-action corpus tools (docs/method.md §4.1).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = commands.add_parser(

@@ -1,7 +1,7 @@
 """The full run configuration: `model` (ModelConfig) + `data` + `train`, built from a preset, a config file
 and dotted command-line overrides. Unknown keys and ill-typed values are errors naming the key.
 
-Precedence, lowest first: the dataclass defaults (the paper's protocol, SPEC §7) < the preset
+Precedence, lowest first: the dataclass defaults (the paper's protocol, docs/method.md §7) < the preset
 (`--preset NAME`; with neither `--preset` nor `--config` the embedded `demo` preset) < the config
 file (`--config FILE`, YAML or JSON, the same tree as `config.yaml` in a run directory) < dotted
 overrides (`train.lr=0.01`, `data.n_way=10`, `model.adapter_layers=4`).
@@ -93,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and protocol. Defaults are the paper's (SPEC §7): 10 x 1000 episodes, SGD lr 1e-3."""
+    """Optimisation and protocol. Defaults are the paper's (docs/method.md §7.2): 10 x 1000 episodes, SGD lr 1e-3."""
 
     seed: int = 0  # training episodes, augmentation and adapter initialisation
     eval_seed: int = 1234  # validation and test episodes: fixed, so runs with other seeds see the same ones

@@ -6,7 +6,7 @@ and the test accuracy ± 95% CI of the trained and of the untrained model on the
 
     python -m taskadapter_fast.train                                   # the embedded default
     python -m taskadapter_fast.train --preset ssv2_small data.train_split=... data.val_split=... \\
-        data.test_split=... data.root=... data.corpus=...             # a benchmark (SPEC §7 settings)
+        data.test_split=... data.root=... data.corpus=...             # a benchmark (docs/method.md §7.1)
     python -m taskadapter_fast.train --preset hmdb51 --shot 5 train.lr=0.002 ...
     python -m taskadapter_fast.train --config runs/x/config.yaml       # a run's resolved config again
     python -m taskadapter_fast.train --resume runs/x                   # continue an interrupted run

@@ -43,6 +43,7 @@ def test_taf_command_help_is_the_python_m_help(command):
     via_module = _run("-m", COMMAND_MODULES[command], *sub, "--help")
     assert via_taf.returncode == via_module.returncode == 0
     assert f"usage: taf {command}" in via_taf.stdout
+
     def flags(text: str) -> list[str]:  # the same parser; only the wrapping differs with the prog's length
         return [word.strip(",[]") for word in text.split() if word.startswith(("--", "[--"))]
 

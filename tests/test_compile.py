@@ -1,4 +1,4 @@
-"""torch.compile of the whole model gives the eager scores (DESIGN.md: the ops are registered so it can trace them).
+"""torch.compile of the whole model gives the eager scores (the ops are torch.library custom ops, docs/method.md §9.1).
 
 On CPU the tiny model is compiled with the "aot_eager" backend: Dynamo captures the graphs and AOTAutograd
 traces them (functionalization, the custom-op registrations), the part that breaks when model code is not

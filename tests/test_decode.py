@@ -112,7 +112,7 @@ def read_rgb(path) -> torch.Tensor:
 
 
 def reference_clip(frames_T3HW: torch.Tensor, top: int, left: int) -> torch.Tensor:
-    """SPEC §1 with torchvision alone: square bilinear resize, crop, [0, 1], CLIP normalise."""
+    """docs/method.md §1.3 with torchvision alone: square bilinear resize, crop, [0, 1], CLIP normalise."""
     side = resize_size(SIZE)
     resized = tvf.resize(frames_T3HW, [side, side], interpolation=tvf.InterpolationMode.BILINEAR, antialias=True)
     cropped = tvf.crop(resized, top, left, SIZE, SIZE)

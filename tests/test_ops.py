@@ -4,7 +4,7 @@ torch.compile tracing of code that uses the ops.
 Without a GPU the kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 so every dim is tiny except the awkward sizes the kernels must handle (sequence lengths 1..64, 197
 and 77 tokens, real adapter widths with few rows); the full-size cases are marked `gpu`.
-Tolerance: DESIGN.md's 2x rule (taskadapter_fast/ops/testing.py) with each implementation's
+Tolerance: the 2x parity rule (taskadapter_fast/ops/testing.py, docs/method.md §9.3) with each implementation's
 declared floor.
 """
 

@@ -317,7 +317,7 @@ def test_large_class_lists_are_sampled_sparsely(backend):
 
 
 # ------------------------------------------------------------------------------------------------
-# Frame indices and crop offsets: SPEC section 1 on hand-checked cases
+# Frame indices and crop offsets: docs/method.md §1.2–§1.3 on hand-checked cases
 
 EVAL_CASES = {
     1: [0, 0, 0, 0, 0, 0, 0, 0],

@@ -1,4 +1,4 @@
-"""Sub-action corpus (SPEC §4): three stage descriptions per class, its file format, and class-name matching.
+"""Sub-action corpus (docs/method.md §4.1): three stage descriptions per class, its file format, name matching.
 
 The official file format is YAML, one entry per class:
 

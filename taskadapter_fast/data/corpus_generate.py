@@ -33,7 +33,7 @@ from .http_retry import (
     with_retries,
 )
 
-# The paper's instruction (SPEC §4); {label} is the class label as written in the labels file.
+# The paper's instruction (docs/method.md §4.1); {label} is the class label as written in the labels file.
 INSTRUCTION = "Given an action label {label}, describe three stages of the action."
 FORMAT_HINT = (
     "You describe actions for a video dataset. Answer with exactly three lines, one short sentence "

@@ -1,4 +1,4 @@
-"""Clip decoding: video files and JPEG frame folders → normalised `[T, 3, S, S]` tensors (SPEC §1).
+"""Clip decoding: video files and JPEG frame folders → normalised `[T, 3, S, S]` tensors (docs/method.md §1.3).
 
 Pixels, for every decoder: resize each frame to a square of `int(1.15 * S)` (aspect ratio not kept,
 bilinear), crop `S` (train: at `crop_offset` or a random offset, as RandomCrop; eval: centre, as
@@ -291,7 +291,7 @@ def load_clip(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Decode one clip → float `[T, 3, S, S]`, normalised as SPEC §1 says.
+    """Decode one clip → float `[T, 3, S, S]`, normalised as docs/method.md §1.3 says.
 
     `path`: a video file (VIDEO_EXTENSIONS: .mp4, .webm, ...) or a JPEG frame folder (`img_00001.jpg`, ...).
     `frame_indices`: int [T], 0-based; an index past the last frame reads the last frame.

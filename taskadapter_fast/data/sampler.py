@@ -385,7 +385,7 @@ class EpisodeSampler:
 
 
 def frame_indices(num_frames, num_segments: int = 8, train: bool = False, seed: int = 0, keys=None) -> np.ndarray:
-    """TSN frame indices (SPEC section 1), 0-based, for a batch of videos.
+    """TSN frame indices (docs/method.md §1.2), 0-based, for a batch of videos.
 
     Args:
         num_frames: (V,) int frame counts, each >= 1 (a single int is treated as V = 1).

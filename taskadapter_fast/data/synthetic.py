@@ -11,7 +11,7 @@ Each class has a name and three sub-action stages of its own, written as the off
 Layout of the dataset folder:
     dataset.json                       parameters, classes per split, every video's seed and length
     train.txt, val.txt, test.txt       official lists: `frames/<split>/<class>/<id> <num frames> <label id>`
-    corpus.yaml                        sub-actions, official YAML format (SPEC §4)
+    corpus.yaml                        sub-actions, official YAML format (docs/method.md §4.1)
     frames/<split>/<class>/<id>/img_00001.jpg ...   JPEG frame folders (4:4:4, quality 95)
     videos/<split>/<class>/<id>.webm   the same frames as VP9 webm (folder-per-class layout)
 

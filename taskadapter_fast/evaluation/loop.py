@@ -41,7 +41,7 @@ def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class EvalResult:
-    """Accuracy (%) over episodes, with the 95% confidence interval (SPEC section 7)."""
+    """Accuracy (%) over episodes, with the 95% confidence interval (docs/method.md §7.4)."""
 
     accuracy: float  # mean per-episode accuracy, %
     ci95: float  # 1.96 * std / sqrt(n), %

@@ -1,4 +1,4 @@
-"""Bottleneck adapters (SPEC §2.4, §4)."""
+"""Bottleneck adapters (docs/method.md §2.4, §4.3)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ class Adapter(nn.Module):
     """A(y) = fc2(GELU(fc1(y))), plus y when `skip`; fc1: D -> hidden, fc2: hidden -> D, exact GELU.
 
     `zero_init` zeroes fc2's weight and bias, so a new adapter starts as the identity map of the block
-    (A_t, A_s, A_mlp, A_o); the task adapter keeps nn.Linear's default init (SPEC §2.4).
+    (A_t, A_s, A_mlp, A_o); the task adapter keeps nn.Linear's default init (docs/method.md §2.4).
     """
 
     def __init__(self, dim: int, hidden: int, skip: bool = False, zero_init: bool = True):
@@ -31,7 +31,7 @@ class Adapter(nn.Module):
 
 
 class VisualBlockAdapters(nn.Module):
-    """The adapters of one adapted ViT block: A_t, A_s (skip), A_task, A_mlp (SPEC §2.3).
+    """The adapters of one adapted ViT block: A_t, A_s (skip), A_task, A_mlp (docs/method.md §2.3).
 
     `aim=False` drops A_t, A_s and A_mlp (and the T-MSA), `task=False` drops A_task (and the Task-MSA).
     """

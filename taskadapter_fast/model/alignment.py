@@ -1,4 +1,4 @@
-"""Fine-grained cross-modal alignment and the stage-wise semantic score (SPEC §5)."""
+"""Fine-grained cross-modal alignment and the stage-wise semantic score (docs/method.md §5)."""
 
 from __future__ import annotations
 

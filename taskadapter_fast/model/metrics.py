@@ -1,4 +1,4 @@
-"""Video-metric heads: the video score P of SPEC §3, eq. (11), selectable by name.
+"""Video-metric heads: the video score P of docs/method.md §3, eq. (11), selectable by name.
 
 Every head maps support features ``[C, K, T, E]`` (support videos grouped by class, class order =
 episode order) and query features ``[M, T, E]`` to scores ``[M, C]``. Scores are SIMILARITIES on a

@@ -1,4 +1,4 @@
-"""Task-Adapter++: the full model (SPEC §2–§6)."""
+"""Task-Adapter++: the full model (docs/method.md §2–§6)."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ class TaskAdapterPP(nn.Module):
         return self.scores_from_features(support_feats, support_labels, query_feats, text_feats, len(class_names))
 
     def loss(self, scores: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
-        """CE(logit_scale * scores, y), logit_scale = 64 by default (SPEC §6)."""
+        """CE(logit_scale * scores, y), logit_scale = 64 by default (docs/method.md §6)."""
         query_labels = torch.as_tensor(query_labels, device=scores.device)
         if query_labels.shape != scores.shape[:1]:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The semantic branch: sub-action prompts through CLIP's text tower with order adapters (SPEC §4)."""
+"""The semantic branch: sub-action prompts through CLIP's text tower with order adapters (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The visual branch: CLIP ViT with temporal embedding and Task-Adapter blocks (SPEC §2)."""
+"""The visual branch: CLIP ViT with temporal embedding and Task-Adapter blocks (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def adapted_block_forward(
     impl: str = "auto",
     class_token_only: bool = False,
 ) -> torch.Tensor:
-    """One adapted block on x [V, T, N, D] (V videos of ONE set, T frames, N tokens). SPEC §2.3.
+    """One adapted block on x [V, T, N, D] (V videos of ONE set, T frames, N tokens). docs/method.md §2.3.
 
     class_token_only: return only token 0, [V, T, 1, D] (for the last block, whose other tokens nobody reads);
     ignored for impl="reference", which always returns [V, T, N, D].

@@ -1,4 +1,4 @@
-"""Implementation registry and selection for the functional ops (DESIGN.md, "Reference and fast paths").
+"""Implementation registry and selection for the functional ops (docs/method.md §9).
 
 Each kernel module declares what it supports next to the kernel (`SUPPORT`: devices, dtypes, shape
 limits; kernels/_common.py, KernelSupport); the reference runs on every device and dtype, without limits.
@@ -56,7 +56,7 @@ class Implementation:
 
     name: str
     auto_devices: tuple[str, ...]  # device types on which impl="auto" may choose it (ANY_DEVICE: every one)
-    # absolute floor added to the 2x rule when checking against the fp32 reference (DESIGN.md, tests)
+    # absolute floor added to the 2x rule when checking against the fp32 reference (ops/testing.py, docs/method.md §9.3)
     atol_floor: dict[torch.dtype, float]
     run: Callable[..., torch.Tensor]
     reasons: Callable[..., list[str]] = field(default=lambda *args, **kwargs: [])
@@ -181,7 +181,7 @@ def _short_attention_triton_reasons(qkv: torch.Tensor, num_heads: int, axis: int
     return reasons
 
 
-# The kernels' absolute-tolerance floors per dtype (DESIGN.md's 2x rule adds them to twice the reference's error).
+# The kernels' absolute-tolerance floors per dtype (the 2x parity rule adds them to twice the reference's error).
 TRITON_ATOL_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 

@@ -1,4 +1,4 @@
-"""The parity rule every fast path is held to (DESIGN.md), shared by tests/ and benchmarks/.
+"""The parity rule every fast path is held to (docs/method.md §9.3), shared by tests/ and benchmarks/.
 
 A fast implementation's error against the exact result may be at most twice the error of the
 reference itself run in the same precision, plus a small floor (flash-attention's rule). "Exact"

@@ -1,4 +1,4 @@
-"""Episodic training of Task-Adapter++ (SPEC §7): train, validate, keep the best, test once.
+"""Episodic training of Task-Adapter++ (docs/method.md §7): train, validate, keep the best, test once.
 
 `train(run_config, output_dir)` runs the whole protocol and returns the results dictionary it also
 writes to `output_dir/results.json`:

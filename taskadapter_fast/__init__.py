@@ -37,7 +37,6 @@ _EXPORTS = {
     "load_corpus": "api",
     "save_adapters": "checkpoint",
     "load_adapters": "checkpoint",
-    "predict": "inference",
 }
 _SUBMODULES = ("data", "ops", "model", "config", "checkpoint")
 

@@ -81,10 +81,8 @@ def load_model(
     """
     import torch
 
-    from .cli import UsageError
-
     if checkpoint is None and preset is None:
-        raise UsageError("pass --checkpoint FILE (or --preset NAME for an untrained model)")
+        raise ValueError("load_model needs a checkpoint or a preset")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     # A backbone without pretrained weights (the tiny demo model) is a random draw that adapter checkpoints

@@ -54,24 +54,22 @@ def number_at_least(minimum: float, name: str, kind: type = int) -> Callable[[st
 
 
 def resolve_device(name: Any = None, local_rank: int = 0):
-    """The torch device a `--device` value names; auto (or None): this rank's GPU when there is one, else the CPU.
+    """`devices.resolve_device` for a `--device` flag: a bad value is a usage error (exit status 2)."""
+    from .devices import resolve_device as resolve
 
-    A bare "cuda" is this rank's GPU (`local_rank`), so every rank of a torchrun job gets its own.
-    """
-    import torch
-
-    if name is None or str(name) in ("", "auto"):
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"--device {str(name)!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available here")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
+        return resolve(name, local_rank)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def load_model(args: argparse.Namespace, overrides: dict[str, Any], device, stored: dict[str, Any] | None):
+    """`api.load_model` from a command's --checkpoint / --preset flags (one of them is needed)."""
+    from .api import load_model as load
+
+    if args.checkpoint is None and args.preset is None:
+        raise UsageError("pass --checkpoint FILE (or --preset NAME for an untrained model)")
+    return load(args.checkpoint, args.preset, overrides, device, stored)
 
 
 def one_line(error: BaseException) -> str:

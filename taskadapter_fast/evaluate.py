@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
-from .cli import Parser, UsageError, number_at_least, resolve_device, run_cli
+from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
 from .config import parse_override
 
 DEFAULT_EPISODES = 10000
@@ -41,7 +41,8 @@ SUBSETS = ("test", "val", "train")
 def data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any]) -> Any:
     """The `data` section (runconfig.DataConfig) from the stored run config and overrides, not validated
     as a training config (evaluation needs one split, not three)."""
-    from .runconfig import DataConfig, build_section
+    from .config import build_section
+    from .runconfig import DataConfig
 
     tree = dict((stored or {}).get("data") or {})
     tree.update(overrides)
@@ -228,11 +229,10 @@ class Testbed:
 
 def open_testbed(args: argparse.Namespace, settings: Settings, device) -> Testbed:
     """Load the model, read the split and corpus, and make the prefix cache."""
-    from .api import load_model
     from .data.setup import load_corpus_for, read_splits
     from .evaluation import PrefixCache
 
-    model = load_model(args.checkpoint, args.preset, settings.model_overrides, device, settings.stored)
+    model = load_model(args, settings.model_overrides, device, settings.stored)
     data = settings.data
     if data.dataset != "synthetic" and not getattr(data, f"{args.subset}_split"):
         raise UsageError(
@@ -266,26 +266,11 @@ def nway_curve(args: argparse.Namespace, testbed: Testbed, settings: Settings) -
 
 def replay_loader(path: str, testbed: Testbed):
     """The loader and the saved plans of an episodes file, checked to fit this model and split."""
-    from .data.episodes import read_episodes_file
+    from .data.episodes import check_episodes_fit, read_episodes_file
 
     header, plans = read_episodes_file(path)
-    num_frames, image_size, rows, split = testbed.num_frames, testbed.image_size, testbed.rows, testbed.split
-    if header.get("num_frames", num_frames) != num_frames or header.get("image_size", image_size) != image_size:
-        raise ValueError(
-            f"{path} was saved for T={header.get('num_frames')}, S={header.get('image_size')}; "
-            f"this model uses T={num_frames}, S={image_size}"
-        )
-    if header.get("num_rows", len(rows)) != len(rows):
-        raise ValueError(
-            f"{path} was saved for a split of {header.get('num_rows')} videos "
-            f"({header.get('split')}), this split ({split}) has {len(rows)}"
-        )
     loader = testbed.loader(int(header["n_way"]), int(header["n_shot"]), int(header["n_query"]), int(header["seed"]))
-    if header.get("rows_digest", loader.rows_digest) != loader.rows_digest:
-        raise ValueError(
-            f"{path} was saved for other videos of {len(rows)} rows ({header.get('split')}): "
-            f"this split ({split}) lists other files or another order, so its row numbers name other videos"
-        )
+    check_episodes_fit(path, header, loader, testbed.split)
     return loader, plans
 
 

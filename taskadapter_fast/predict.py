@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser, UsageError, resolve_device, run_cli
+from .cli import Parser, UsageError, load_model, resolve_device, run_cli
 from .inference import check_queries, classify, support_rows
 
 
@@ -107,7 +107,6 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
 
 
 def run(args: argparse.Namespace) -> int:
-    from .api import load_model
     from .checkpoint import stored_run_config
     from .data.corpus import load_corpus
 
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     support = support_rows(args.support)
     class_names = support[0]
     stored = stored_run_config(args.checkpoint) if args.checkpoint else None
-    model = load_model(args.checkpoint, args.preset, {}, resolve_device(args.device), stored)
+    model = load_model(args, {}, resolve_device(args.device), stored)
     needs_corpus = model.config.needs_corpus
     if args.generate_corpus:
         out = args.corpus or str(Path(args.support) / "corpus.yaml")

@@ -69,6 +69,17 @@ def test_every_command_reports_bad_arguments_in_one_line(command, bad_flag):
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("--help)"), result.stderr
 
 
+def test_the_library_never_imports_the_command_line():
+    code = (
+        "import sys, taskadapter_fast.api, taskadapter_fast.inference, taskadapter_fast.evaluation, "
+        "taskadapter_fast.training, taskadapter_fast.data.setup, taskadapter_fast.data.corpus_generate; "
+        "print(sorted(m for m in sys.modules if m == 'taskadapter_fast.cli' or m == 'argparse'))"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "taskadapter_fast.cli" not in result.stdout
+
+
 def test_number_at_least_names_the_flag_and_the_value():
     parse = cli.number_at_least(1, "--way")
     assert parse("3") == 3

@@ -524,3 +524,24 @@ def read_episodes_file(path: str | os.PathLike) -> tuple[dict[str, Any], list]:
         raise ValueError(f"{path} holds no episodes")
     header = {key: value for key, value in document.items() if key != "episodes"}
     return header, plans
+
+
+def check_episodes_fit(path: str | os.PathLike, header: Mapping[str, Any], loader: EpisodeLoader, split: str) -> None:
+    """Refuse an episodes file (`read_episodes_file`'s header) saved for another model input (T, S) or for other
+    videos than `loader`'s rows: its row numbers would name other videos. split: this split, for the message."""
+    num_frames, image_size, rows = loader.num_frames, loader.image_size, loader.rows
+    if header.get("num_frames", num_frames) != num_frames or header.get("image_size", image_size) != image_size:
+        raise ValueError(
+            f"{path} was saved for T={header.get('num_frames')}, S={header.get('image_size')}; "
+            f"this model uses T={num_frames}, S={image_size}"
+        )
+    if header.get("num_rows", len(rows)) != len(rows):
+        raise ValueError(
+            f"{path} was saved for a split of {header.get('num_rows')} videos "
+            f"({header.get('split')}), this split ({split}) has {len(rows)}"
+        )
+    if header.get("rows_digest", loader.rows_digest) != loader.rows_digest:
+        raise ValueError(
+            f"{path} was saved for other videos of {len(rows)} rows ({header.get('split')}): "
+            f"this split ({split}) lists other files or another order, so its row numbers name other videos"
+        )

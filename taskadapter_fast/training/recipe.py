@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_write_text
-from ..cli import resolve_device
 from ..data.setup import SPLITS
+from ..devices import describe_device, resolve_device
 from ..runconfig import RunConfig, TrainConfig
 from .distributed import (
     DistInfo,
@@ -61,7 +61,6 @@ from .steps import (
     build_model,
     build_optimizer,
     build_scheduler,
-    describe_device,
     enable_grad_checkpointing,
     make_loader,
     prepare_data,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import platform
 import warnings
 from dataclasses import dataclass
 
@@ -16,14 +14,6 @@ from ..data.setup import SPLITS, load_corpus_for, read_splits
 from ..data.setup import make_loader as make_split_loader
 from ..runconfig import RunConfig, TrainConfig
 from .distributed import DistInfo, all_reduce_mean, average_gradients
-
-
-def describe_device(device: torch.device) -> str:
-    """The device as the start line and results.json name it (GPU model, or CPU cores and threads)."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    processor = platform.processor() or platform.machine()
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {processor})"
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -363,3 +364,69 @@ def test_prepare_exit_status_for_bad_split_files(tmp_path):
     write_lines(gone, ["x/v 9 0"])
     result = run_prepare("--split", gone, "--out", tmp_path / "m.jsonl", "--no-progress")
     assert result.returncode == 1 and "1 missing" in result.stderr
+
+
+def test_prepare_warns_about_classes_with_fewer_videos_than_shot_plus_query(tmp_path):
+    from taskadapter_fast.data.episodes import EpisodeLoader
+
+    for number in range(6):
+        make_frame_folder(tmp_path / "clapping" / f"c{number}", 4)
+    for number in range(4):
+        make_frame_folder(tmp_path / "waving" / f"w{number}", 4)
+    (tmp_path / "waving" / "empty").mkdir()  # unreadable: no img_*.jpg
+    make_frame_folder(tmp_path / "running" / "r0", 4)
+    make_frame_folder(tmp_path / "running" / "r1", 4)
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    clapping, waving = [f"clapping/c{n}" for n in range(6)], [f"waving/w{n}" for n in range(4)]
+    write_lines(train, clapping + waving + ["waving/empty", "jumping/gone1", "jumping/gone2"])
+    write_lines(test, ["running/r0", "running/r1"])
+    out = tmp_path / "m.jsonl"
+
+    result = run_prepare("--split", train, test, "--out", out, "--no-progress")
+
+    assert result.returncode == 0, result.stderr
+    assert "shot + query = 5 + 1 = 6" in result.stderr
+    assert "  train: 'waving' has 4, 'jumping' has 0 (left out of the manifest)\n" in result.stderr
+    assert "  test: 'running' has 2\n" in result.stderr
+    assert "'clapping'" not in result.stderr
+    # The bar is the episode loader's: the classes prepare names are the ones it refuses.
+    with pytest.raises(ValueError, match=r"1 class\(es\) have fewer: 'waving' has 4"):
+        EpisodeLoader(
+            rows_of_split(read_split(out), "train", out), 2, 5, 1, num_frames=1, image_size=8, train=False, seed=0
+        )
+
+    result = run_prepare("--split", train, test, "--out", out, "--no-progress", "--shot", "1", "--query", "1")
+    assert result.returncode == 0, result.stderr
+    assert "shot + query = 1 + 1 = 2" in result.stderr
+    assert "  train: 'jumping' has 0 (left out of the manifest)\n" in result.stderr
+    assert "waving" not in result.stderr.split("shot + query")[1] and "running" not in result.stderr
+
+
+def test_prepare_warns_about_classes_and_videos_that_two_splits_share(tmp_path):
+    for cls, videos in (("ApplyEyeMakeup", ["a0", "a1"]), ("waving", ["w0", "w1"]), ("running", ["r0"])):
+        for video in videos:
+            make_frame_folder(tmp_path / cls / video, 4)
+    make_frame_folder(tmp_path / "apply_eye_makeup" / "b0", 4)
+    train, val, test = tmp_path / "train.txt", tmp_path / "val.txt", tmp_path / "test.txt"
+    write_lines(train, ["ApplyEyeMakeup/a0", "ApplyEyeMakeup/a1", "waving/w0", "waving/w1"])
+    write_lines(val, ["waving/w1", "running/r0"])  # w1: the same video in train and val
+    write_lines(test, ["apply_eye_makeup/b0"])  # the same class as train's, written another way
+    out = tmp_path / "m.jsonl"
+
+    result = run_prepare("--split", train, val, test, "--out", out, "--no-progress")
+
+    assert result.returncode == 0, result.stderr
+    assert "warning: classes in more than one split" in result.stderr
+    assert "  train and val share 1 class(es): 'waving'\n" in result.stderr
+    assert "  train and test share 1 class(es): 'ApplyEyeMakeup' / 'apply_eye_makeup'\n" in result.stderr
+    assert "val and test" not in result.stderr
+    assert f"  train and val share 1 video(s): {os.path.realpath(tmp_path / 'waving' / 'w1')}" in result.stderr
+
+    # Official lists without class names name classes by per-split label ids: those never count as shared.
+    for split in ("train", "test"):
+        make_frame_folder(tmp_path / "flat" / f"{split}_v", 4)
+        write_lines(tmp_path / "flat" / f"{split}list.txt", [f"{split}_v 4 0"])
+    lists = [tmp_path / "flat" / f"{split}list.txt" for split in ("train", "test")]
+    result = run_prepare("--split", *lists, "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "more than one split" not in result.stderr

@@ -2,7 +2,9 @@
 
 Reads the split files (any format `read_split` knows), probes every video's frame count once, and
 writes the readable videos to a JSON-lines manifest. Every missing or unreadable video is listed at
-the end, with counts, instead of stopping at the first one. Exit status: 0 when the manifest was
+the end, with counts, instead of stopping at the first one; so are the classes left with fewer usable
+videos than shot + query (the episode loader would refuse their split) and the classes or videos that
+two splits share (a few-shot test must meet classes never trained on). Exit status: 0 when the manifest was
 written (problems or not, so a few vanished Kinetics videos do not block a run), 1 when no video of
 the splits could be read, 2 for bad arguments or split files.
 """
@@ -14,8 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..cli import Parser, UsageError, run_cli
-from .splits import FORMATS, SplitFormatError, prepare
+from ..cli import Parser, UsageError, number_at_least, run_cli
+from .splits import FORMATS, PREPARE_QUERY, PREPARE_SHOT, SplitFormatError, prepare
 
 
 def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.ArgumentParser:
@@ -38,6 +40,22 @@ def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.Argu
     command.add_argument("--class-names", default=None, help="class names file for index-only split lists")
     command.add_argument("--workers", type=int, default=None, help="probing threads (default: 2 x CPUs, at most 8)")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument(
+        "--shot",
+        type=number_at_least(1, "--shot"),
+        metavar="K",
+        default=PREPARE_SHOT,
+        help=f"support videos per class the splits must serve: classes with fewer than shot + query usable videos "
+        f"are reported (default: {PREPARE_SHOT}, the larger of the standard 1-shot and 5-shot settings, so a class "
+        f"that passes serves both; 1-shot alone needs {1 + PREPARE_QUERY} videos a class)",
+    )
+    command.add_argument(
+        "--query",
+        type=number_at_least(1, "--query"),
+        metavar="Q",
+        default=PREPARE_QUERY,
+        help=f"query videos per class, for the same check (default: {PREPARE_QUERY}, as every preset)",
+    )
     return parser
 
 
@@ -52,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             class_names=args.class_names,
             workers=args.workers,
             progress=not args.no_progress,
+            n_shot=args.shot,
+            n_query=args.query,
         )
     except (SplitFormatError, FileNotFoundError, ValueError) as error:  # the split files are the arguments
         raise UsageError(str(error)) from None

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .._atomic import atomic_path
+from .corpus import normalize_class_name
 from .decode import VIDEO_EXTENSIONS, VideoDecodeError, count_frame_files, probe_video
 
 logger = logging.getLogger(__name__)
@@ -470,15 +471,30 @@ def _without_repeats(rows: list[ManifestRow], path: Path) -> list[ManifestRow]:
 # --------------------------------------------------------------------------------------------
 
 
+# The class-size bar `prepare` checks by default: 5-shot, the larger of the two settings the benchmarks
+# report (1-shot and 5-shot), with 1 query as every preset; a class that passes serves either setting.
+PREPARE_SHOT, PREPARE_QUERY = 5, 1
+_VIDEOS_SHOWN = 10  # shared videos listed per pair of splits; the rest are counted
+
+
 @dataclass
 class PrepareReport:
-    """What `prepare` wrote and what it could not read."""
+    """What `prepare` wrote, what it could not read, and what the episode loader would refuse or a
+    few-shot evaluation must not have (classes too small for shot + query, splits that share classes)."""
 
     out: Path
     rows: list[ManifestRow]  # written, with probed frame counts
     missing: list[tuple[ManifestRow, str]]  # (row, why) for videos not on disk
     unreadable: list[tuple[ManifestRow, str]]  # (row, why) for videos that exist but do not decode
     count_mismatches: int = 0  # official-list frame counts that differ from the folder (probed value kept)
+    n_shot: int = PREPARE_SHOT
+    n_query: int = PREPARE_QUERY
+    # split -> [(class, usable videos)] for the classes with fewer than n_shot + n_query usable videos
+    small_classes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # (split, split) -> the classes both list (as written in each, "a / b" where they differ)
+    shared_classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # (split, split) -> the video paths both list
+    shared_videos: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -500,7 +516,80 @@ class PrepareReport:
                 for row, why in problems:
                     where = f"{row.source}:{row.line}" if row.line is not None else row.source
                     lines.append(f"  {row.path}  [{where}]  {why}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._warning_lines())
+
+    def _warning_lines(self) -> list[str]:
+        """The split-level warnings, last so they are not lost above a long list of missing videos."""
+        lines = []
+        if self.small_classes:
+            per_class = self.n_shot + self.n_query
+            lines.append(
+                f"warning: classes with fewer usable videos than shot + query = {self.n_shot} + {self.n_query} = "
+                f"{per_class} (the episode loader refuses a split holding one; --shot/--query set this bar):"
+            )
+            for split, small in self.small_classes.items():
+                shown = [
+                    f"{name!r} has {count}" + (" (left out of the manifest)" if not count else "")
+                    for name, count in small
+                ]
+                lines.append(f"  {split}: {', '.join(shown)}")
+        if self.shared_classes:
+            lines.append(
+                "warning: classes in more than one split (few-shot splits must not share classes: validation "
+                "and test measure classes never trained on):"
+            )
+            for (first, second), names in self.shared_classes.items():
+                lines.append(f"  {first} and {second} share {len(names)} class(es): {', '.join(names)}")
+        if self.shared_videos:
+            lines.append("warning: videos in more than one split:")
+            for (first, second), paths in self.shared_videos.items():
+                more = f", ... ({len(paths)} in all)" if len(paths) > _VIDEOS_SHOWN else ""
+                lines.append(
+                    f"  {first} and {second} share {len(paths)} video(s): {', '.join(paths[:_VIDEOS_SHOWN])}{more}"
+                )
+        return lines
+
+
+def _small_classes(listed: list[ManifestRow], good: list[ManifestRow], per_class: int) -> dict:
+    """split -> [(class, usable videos)] below `per_class`, in listing order; a class whose every video
+    is missing or unreadable counts 0 (it is not in the manifest at all)."""
+    usable: dict[tuple[str, str], int] = dict.fromkeys(((row.split, row.class_name) for row in listed), 0)
+    for row in good:
+        usable[row.split, row.class_name] += 1
+    small: dict[str, list[tuple[str, int]]] = {}
+    for (split, name), count in usable.items():
+        if count < per_class:
+            small.setdefault(split, []).append((name, count))
+    return small
+
+
+def _shared_between_splits(rows: list[ManifestRow]) -> tuple[dict, dict]:
+    """({(split, split): shared class names}, {(split, split): shared video paths}) over the listed rows.
+
+    Classes meet by `normalize_class_name` (as the corpus matches them). Names that are bare numbers are
+    left out: they are the label-id placeholders of lists without class names, per split by design.
+    """
+    class_names: dict[str, dict[str, set[str]]] = {}  # split -> {class key: names as written}
+    videos: dict[str, set[str]] = {}  # split -> real paths
+    for row in rows:
+        if not row.class_name.isdigit():
+            names = class_names.setdefault(row.split, {})
+            names.setdefault(normalize_class_name(row.class_name), set()).add(row.class_name)
+        videos.setdefault(row.split, set()).add(os.path.realpath(row.path))
+    splits = list(videos)  # listing order
+    shared_classes, shared_videos = {}, {}
+    for i, first in enumerate(splits):
+        for second in splits[i + 1 :]:
+            keys = sorted(class_names.get(first, {}).keys() & class_names.get(second, {}).keys())
+            if keys:
+                shared_classes[first, second] = [
+                    " / ".join(repr(name) for name in sorted(class_names[first][key] | class_names[second][key]))
+                    for key in keys
+                ]
+            paths = sorted(videos[first] & videos[second])
+            if paths:
+                shared_videos[first, second] = paths
+    return shared_classes, shared_videos
 
 
 def probe_row(row: ManifestRow) -> tuple[ManifestRow, str | None, str | None]:
@@ -538,10 +627,14 @@ def prepare(
     class_names=None,
     workers: int | None = None,
     progress: bool = True,
+    n_shot: int = PREPARE_SHOT,
+    n_query: int = PREPARE_QUERY,
 ) -> PrepareReport:
     """Read split files, probe every video's frame count once, write the readable ones to `out`.
 
-    Missing and unreadable videos do not stop the run: they are all collected in the report.
+    Missing and unreadable videos do not stop the run: they are all collected in the report, with the
+    classes left with fewer than `n_shot + n_query` usable videos and the classes or videos that two
+    splits share.
     """
     from tqdm.auto import tqdm
 
@@ -566,4 +659,8 @@ def prepare(
                 mismatches += original.num_frames is not None and original.num_frames != row.num_frames
                 good.append(row)
     written = write_manifest(good, out)
-    return PrepareReport(written, good, missing, unreadable, mismatches)
+    shared_classes, shared_videos = _shared_between_splits(rows)
+    small = _small_classes(rows, good, n_shot + n_query)
+    return PrepareReport(
+        written, good, missing, unreadable, mismatches, n_shot, n_query, small, shared_classes, shared_videos
+    )

@@ -79,7 +79,8 @@ def train(
 ) -> dict[str, Any]:
     """Train, validate, keep the best checkpoint and test it (module docstring). Returns the results dict.
 
-    run_config: the resolved run (see `taskadapter_fast.runconfig.resolve_run_config`); None with `resume`.
+    run_config: the resolved run (see `taskadapter_fast.runconfig.resolve_run_config`). With `resume`: None (the
+    run's own config), or the run's config with only runtime-only settings changed (`runconfig.RUNTIME_KEYS`).
     output_dir: the run directory (default `runs/<timestamp>`). resume: a run directory to continue.
     device: "auto" (default: this rank's GPU, else the CPU), "cpu", "cuda", "cuda:1", ...
     Under `torchrun` (WORLD_SIZE > 1) every rank calls this; only rank 0 writes.

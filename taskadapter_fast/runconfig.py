@@ -36,6 +36,10 @@ DECODERS = ("auto", "pyav", "dali_cpu", "dali_gpu")
 SCHEDULES = ("constant", "step", "cosine")
 AMP_MODES = ("none", "bf16")
 SECTIONS = ("model", "data", "train")
+# The settings `--resume` may change: how clips are decoded, how many episodes are decoded ahead, the CPU
+# threads, and how often the run logs and saves. None changes what the run computes (its episodes, weights
+# and accuracies); every other setting is fixed when the run starts.
+RUNTIME_KEYS = ("data.decoder", "data.prefetch", "train.cpu_threads", "train.log_every", "train.save_every")
 
 
 @dataclass
@@ -244,12 +248,50 @@ def run_config_from_json(text: str) -> RunConfig:
     return RunConfig.from_dict(json.loads(text))
 
 
+# ------------------------------------------------------------------------------------------------ resuming
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1} (every leaf under its dotted key)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two run configs, sorted."""
+    before, after = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return sorted(key for key in before.keys() | after.keys() if before.get(key, ...) != after.get(key, ...))
+
+
+def refuse_fixed_keys(keys: list[str], what: str) -> None:
+    """ValueError naming the keys of `keys` that are not runtime-only: `what` (e.g. "... differs in") + the keys."""
+    fixed = [key for key in keys if key not in RUNTIME_KEYS]
+    if fixed:
+        raise ValueError(f"{what} {', '.join(fixed)}; on resume only {', '.join(RUNTIME_KEYS)} can change")
+
+
+def with_runtime_settings(config: RunConfig, source: RunConfig) -> RunConfig:
+    """`config` with the runtime-only settings (`RUNTIME_KEYS`) of `source`."""
+    config = copy.deepcopy(config)
+    for key in RUNTIME_KEYS:
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, getattr(getattr(source, section), name))
+    return config
+
+
 __all__ = [
+    "RUNTIME_KEYS",
     "DataConfig",
     "RunConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "changed_keys",
     "preset_tree",
+    "refuse_fixed_keys",
     "resolve_run_config",
     "run_config_from_json",
+    "with_runtime_settings",
 ]

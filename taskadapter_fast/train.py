@@ -10,6 +10,7 @@ and the test accuracy ± 95% CI of the trained and of the untrained model on the
     python -m taskadapter_fast.train --preset hmdb51 --shot 5 train.lr=0.002 ...
     python -m taskadapter_fast.train --config runs/x/config.yaml       # a run's resolved config again
     python -m taskadapter_fast.train --resume runs/x                   # continue an interrupted run
+    python -m taskadapter_fast.train --resume runs/x data.decoder=pyav # ... with a runtime-only setting changed
     torchrun --nproc-per-node 4 -m taskadapter_fast.train --preset ...  # one episode per GPU per step
 
 Dotted overrides `section.key=value` (sections model, data, train) set any config field; values are
@@ -21,9 +22,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .cli import Parser, number_at_least, run_cli
 from .config import preset_names
+from .runconfig import RUNTIME_KEYS
 
 
 def build_parser(prog: str = "python -m taskadapter_fast.train") -> argparse.ArgumentParser:
@@ -37,7 +40,12 @@ def build_parser(prog: str = "python -m taskadapter_fast.train") -> argparse.Arg
     )
     parser.add_argument("--config", metavar="FILE", help="run config file (YAML or JSON; sections model, data, train)")
     parser.add_argument("--output-dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
-    parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its config is kept)")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help=f"continue the interrupted run in DIR with its own config; overrides of {', '.join(RUNTIME_KEYS)} "
+        "(runtime-only: they do not change what the run computes) are applied",
+    )
     parser.add_argument("--seed", type=number_at_least(0, "--seed"), help="training seed (train.seed)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--way", type=number_at_least(1, "--way"), help="classes per episode (data.n_way)")
@@ -62,13 +70,24 @@ def run(args) -> int:
     if args.compile:
         flags.append("train.compile=true")
     if args.resume is not None:
-        if args.preset or args.config or flags or args.overrides:
-            raise ValueError("--resume keeps the run's own config; drop --preset/--config/--seed/overrides")
-        run_config = None
+        run_config = _resume_config(args, [*flags, *args.overrides])
     else:
         run_config = resolve_run_config(args.preset, args.config, [*flags, *args.overrides])
     train(run_config, args.output_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
     return 0
+
+
+def _resume_config(args, overrides: list[str]):
+    """`--resume DIR [key=value ...]`: None (the run's own config), or its config.yaml with runtime-only overrides."""
+    from .config import parse_override
+    from .runconfig import refuse_fixed_keys
+    from .training.run_dir import read_run_config
+
+    if args.preset or args.config:
+        raise ValueError("--resume keeps the run's own config; drop --preset/--config")
+    keys = [".".join(parse_override(text)[0]) for text in overrides]
+    refuse_fixed_keys(keys, "--resume keeps the run's own config: it cannot change")
+    return read_run_config(Path(args.resume), overrides) if overrides else None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.train") -> int:

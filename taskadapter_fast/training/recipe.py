@@ -52,6 +52,7 @@ from .distributed import (
     init_distributed,
     sharded_evaluate,
 )
+from .preflight import preflight
 from .run_dir import RESULTS_FILE, TEST_EPISODES_FILE, open_run_dir, write_config
 from .runlog import RunLog, write_plots
 from .state import TrainState, apply_state, load_state, save_state
@@ -78,7 +79,8 @@ def train(
 ) -> dict[str, Any]:
     """Train, validate, keep the best checkpoint and test it (module docstring). Returns the results dict.
 
-    run_config: the resolved run (see `taskadapter_fast.runconfig.resolve_run_config`); None with `resume`.
+    run_config: the resolved run (see `taskadapter_fast.runconfig.resolve_run_config`). With `resume`: None (the
+    run's own config), or the run's config with only runtime-only settings changed (`runconfig.RUNTIME_KEYS`).
     output_dir: the run directory (default `runs/<timestamp>`). resume: a run directory to continue.
     device: "auto" (default: this rank's GPU, else the CPU), "cpu", "cuda", "cuda:1", ...
     Under `torchrun` (WORLD_SIZE > 1) every rank calls this; only rank 0 writes.
@@ -184,7 +186,8 @@ def _setup(run_config, output_dir, resume, device, progress) -> Run:
 
 
 def _build(run_config, output_dir, resume, device, progress) -> Run:
-    """Run directory, device, data, model, loaders, optimizer and schedule."""
+    """Run directory, device, data, model, loaders, optimizer and schedule, each checked (`preflight`) before the
+    run directory is first written."""
     session_start = time.perf_counter()
     dist_info = init_distributed(None if device is None else str(device))
     config, run_dir, resuming = open_run_dir(run_config, output_dir, resume, dist_info)
@@ -199,17 +202,19 @@ def _build(run_config, output_dir, resume, device, progress) -> Run:
             f"= {tcfg.accumulate} x {dist_info.world}"
         )
     steps_per_epoch = tcfg.episodes_per_epoch // per_step
-    write_config(config, run_dir, resuming, dist_info)
 
     data = prepare_data(config) if dist_info.is_main else None  # rank 0 first: it generates the synthetic dataset once
     barrier(dist_info)
     data = data or prepare_data(config)
+    preflight(config.data, data)
     model = build_model(config, device)
     image_size = config.data.image_size or model.visual.image_size
     loaders = {split: make_loader(config, data.rows[split], split, image_size, device) for split in SPLITS}
     if tcfg.grad_checkpoint:
         enable_grad_checkpointing(model)
     optimizer = build_optimizer(model, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch)
+    write_config(config, run_dir, resuming, dist_info)  # the first write: everything above can fail without a trace
     return Run(
         config=config,
         run_dir=run_dir,
@@ -220,7 +225,7 @@ def _build(run_config, output_dir, resume, device, progress) -> Run:
         model=model,
         loaders=loaders,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, tcfg, steps_per_epoch),
+        scheduler=scheduler,
         steps_per_epoch=steps_per_epoch,
         progress=progress,
         session_start=session_start,

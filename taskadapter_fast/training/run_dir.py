@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._atomic import atomic_write_text
-from ..runconfig import RunConfig
+from ..config import load_config_file
+from ..runconfig import (
+    RunConfig,
+    changed_keys,
+    refuse_fixed_keys,
+    resolve_run_config,
+    run_config_from_json,
+    with_runtime_settings,
+)
 from .distributed import DistInfo, broadcast
-from .state import STATE_FILE
+from .state import STATE_FILE, load_state
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
@@ -29,21 +39,46 @@ def prepare_run_dir(
         run_dir = Path(resume)
         if output_dir is not None and Path(output_dir).absolute() != run_dir.absolute():
             raise ValueError(f"--resume {resume} continues that run directory; --output-dir {output_dir} differs")
-        config_file = run_dir / CONFIG_FILE
-        if not config_file.is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there (not a training run directory?)")
-        from ..config import load_config_file
-
-        saved = RunConfig.from_dict(load_config_file(config_file))
-        if run_config is not None and run_config.to_dict() != saved.to_dict():
-            raise ValueError(f"--resume {run_dir}: the run's config ({config_file}) cannot be changed on resume")
-        return saved, run_dir, True
+        return resumed_config(run_dir, run_config), run_dir, True
     if run_config is None:
         raise ValueError("train() needs a run config (or resume=RUN_DIR)")
     run_dir = Path(output_dir) if output_dir is not None else default_output_dir()
     if (run_dir / STATE_FILE).exists() or (run_dir / RESULTS_FILE).exists():
         raise ValueError(f"--output-dir {run_dir} already holds a training run; use --resume {run_dir} or another dir")
     return run_config, run_dir, False
+
+
+def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run config of `run_dir/config.yaml`, with dotted `overrides` applied."""
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} there (not a training run directory?)")
+    return resolve_run_config(tree=load_config_file(config_file), overrides=overrides)
+
+
+def resumed_config(run_dir: Path, given: RunConfig | None) -> RunConfig:
+    """The config a resumed run continues with: the one stored in its state (what it has been computing), with
+    the runtime-only settings (`RUNTIME_KEYS`) of `given`, else of `config.yaml`. Any other difference, in
+    `given` or in a hand-edited `config.yaml`, is refused naming the keys; a runtime-only change is said."""
+    on_disk = read_run_config(run_dir)
+    stored = run_config_from_json(load_state(run_dir)["run_config"])
+    where = f"--resume {run_dir}:"
+    started = f"the run's own config (in {STATE_FILE})"
+    refuse_fixed_keys(changed_keys(stored, on_disk), f"{where} {CONFIG_FILE} differs from {started} in")
+    if given is not None:
+        refuse_fixed_keys(changed_keys(stored, given), f"{where} the run config given differs from {started} in")
+    config = with_runtime_settings(stored, given or on_disk)
+    changes = changed_keys(stored, config)
+    if changes:
+        said = ", ".join(f"{key} {_setting(stored, key)} -> {_setting(config, key)}" for key in changes)
+        print(f"{where} {said} (runtime-only: the run computes the same)", file=sys.stderr)
+    return config
+
+
+def _setting(config: RunConfig, key: str):
+    """The value of a runtime-only setting ("section.name")."""
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def open_run_dir(
@@ -70,8 +105,9 @@ def open_run_dir(
 
 
 def write_config(run: RunConfig, run_dir: Path, resuming: bool, dist_info: DistInfo) -> None:
-    """Create the run directory and write the resolved run config into it (rank 0; a resumed run keeps its own)."""
+    """Create the run directory and write the resolved run config into it (rank 0). A resumed run's file is
+    rewritten only when a runtime-only setting changed (`resumed_config`)."""
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
+        if not resuming or read_run_config(run_dir).to_dict() != run.to_dict():
             atomic_write_text(run_dir / CONFIG_FILE, run.to_yaml())

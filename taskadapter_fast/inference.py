@@ -4,13 +4,18 @@
 files or JPEG frame folders), samples and crops every video as evaluation does, and scores each
 query against the classes: on its own by default (a query set of one, so a prediction does not
 depend on the other videos passed), or all queries as one set (``transductive=True``).
+`classify` streams: queries are decoded a batch at a time, the next batch in a background thread
+while this one is encoded, and each result is yielded when it is ready; a query that cannot be
+read gets a result with its ``error`` instead of stopping the others.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +68,51 @@ def support_rows(support_dir: str | os.PathLike) -> tuple[list[str], list[list[A
 
 
 def check_queries(queries: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
-    """The query paths as a list of strings (one path may be given alone); raises if one does not exist."""
+    """The query paths as a list of strings (one path may be given alone), a folder of videos expanded to its videos.
+
+    Raises if a path does not exist: most likely a typo, said before anything loads. A query that exists
+    but cannot be read is reported on its own row when it is classified.
+    """
     if isinstance(queries, str | os.PathLike):
         queries = [queries]
     queries = [str(query) for query in queries]
     if not queries:
         raise ValueError("no query video given")
+    expanded = []
     for query in queries:
         if not Path(query).exists():
             raise FileNotFoundError(f"video not found: {query}")
-    return queries
+        expanded.extend(folder_videos(query) if Path(query).is_dir() else [query])
+    return expanded
+
+
+def _holds_jpegs(folder: str | os.PathLike) -> bool:
+    with os.scandir(folder) as entries:
+        return any(entry.name.lower().endswith((".jpg", ".jpeg")) for entry in entries)
+
+
+def folder_videos(folder: str | os.PathLike) -> list[str]:
+    """The videos a query folder stands for: itself when it is a JPEG frame folder (it holds .jpg files), else
+    the video files and frame folders in it, by name (not recursive; other entries are left out with a warning)."""
+    from .data.decode import VIDEO_EXTENSIONS
+
+    if _holds_jpegs(folder):
+        return [str(folder)]
+    videos, left_out = [], []
+    for name in sorted(name for name in os.listdir(folder) if not name.startswith(".")):
+        path = os.path.join(folder, name)
+        is_video = _holds_jpegs(path) if os.path.isdir(path) else Path(name).suffix.lower() in VIDEO_EXTENSIONS
+        (videos if is_video else left_out).append(path)
+    if left_out:
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        shown = ", ".join(Path(path).name for path in left_out[:3]) + more
+        log.warning("%s: left out %s (neither a video file nor a frame folder)", folder, shown)
+    if not videos:
+        raise ValueError(
+            f"{folder}: no videos in the folder; a query folder holds video files ({'/'.join(VIDEO_EXTENSIONS)}) "
+            "or JPEG frame folders (img_00001.jpg, ...), or is a frame folder itself"
+        )
+    return videos
 
 
 def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder: str = "auto") -> torch.Tensor:
@@ -89,6 +129,45 @@ def load_videos(paths: Sequence[str], num_frames: int, image_size: int, decoder:
     return load_clips(list(paths), indices, image_size=image_size, train=False, decoder=decoder)
 
 
+def load_readable(
+    paths: Sequence[str], num_frames: int, image_size: int, decoder: str = "auto"
+) -> tuple[torch.Tensor | None, dict[int, str]]:
+    """`load_videos` that skips what cannot be read -> (clips of the readable videos, in order, or None when
+    there is none; {position in `paths`: why} for the others: missing, corrupt or unsupported)."""
+    from .data.decode import VideoDecodeError
+
+    unreadable = (VideoDecodeError, OSError)  # OSError: a file deleted or made unreadable since it was listed
+    if len(paths) > 1:
+        try:
+            return load_videos(paths, num_frames, image_size, decoder), {}
+        except unreadable:
+            pass  # one by one below, to tell which of them failed
+    clips, errors = [], {}
+    for position, path in enumerate(paths):
+        try:
+            clips.append(load_videos([path], num_frames, image_size, decoder))
+        except unreadable as error:
+            errors[position] = error.reason if isinstance(error, VideoDecodeError) else str(error)
+    return (torch.cat(clips) if clips else None), errors
+
+
+def _decoded_ahead(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    """fn(item) for each item, in order; the next item is computed in a background thread while the caller works
+    on this one, so at most two results (this one and the next) are held at a time."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taf-predict")
+    try:
+        pending: Future | None = None
+        for item in items:
+            future = pool.submit(fn, item)
+            if pending is not None:
+                yield pending.result()
+            pending = future
+        if pending is not None:
+            yield pending.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def predict(
     model: torch.nn.Module,
     support_dir: str | os.PathLike,
@@ -97,59 +176,118 @@ def predict(
     *,
     transductive: bool = False,
     decoder: str = "auto",
+    batch_size: int = 8,
 ) -> list[dict[str, Any]]:
-    """Classify `queries` (video files or frame folders; one path or a list) among the classes of `support_dir`.
+    """Classify `queries` (video files, frame folders or folders of them; one path or a list) among the classes
+    of `support_dir`.
 
-    Returns one dict per query: ``query`` (path), ``predicted`` (class name), ``scores`` and
-    ``probabilities`` ({class name: value}, in class order). Runs in eval mode without gradients.
+    Returns one dict per query video: ``query`` (path), ``predicted`` (class name), ``scores`` and
+    ``probabilities`` ({class name: value}, in class order); for a video that cannot be read (corrupt,
+    unsupported, gone), ``query`` and ``error`` (why) instead. Runs in eval mode without gradients.
+    `classify` gives the same results one at a time, as they are ready.
     """
-    queries = check_queries(queries)
-    return classify(model, support_rows(support_dir), queries, corpus, transductive, decoder)
+    support, queries = support_rows(support_dir), check_queries(queries)
+    return list(classify(model, support, queries, corpus, transductive, decoder, batch_size))
 
 
-def classify(model, support, queries: list[str], corpus, transductive: bool, decoder: str) -> list[dict[str, Any]]:
-    """`predict` on support already read (`support_rows`) and checked query paths (`check_queries`)."""
-    class_names, per_class = support
-    num_frames = int(model.config.num_frames)
-    image_size = int(model.visual.image_size)
-    support_paths = [row.path for rows in per_class for row in rows]
-    support_labels = torch.arange(len(class_names)).repeat_interleave(len(per_class[0]))
+def classify(
+    model, support, queries: list[str], corpus, transductive: bool = False, decoder: str = "auto", batch_size: int = 8
+) -> Iterator[dict[str, Any]]:
+    """`predict`'s results, in query order, each as soon as it is ready, on support already read (`support_rows`)
+    and checked query paths (`check_queries`).
+
+    The support set is decoded and encoded once, here (a problem with it or the corpus raises at the call).
+    Queries are decoded `batch_size` at a time, the next batch in a background thread while this one is encoded,
+    so memory does not grow with the number of queries; each query is still encoded and scored alone, so its
+    scores do not depend on the others. `transductive=True` scores all queries as one set: they are all decoded
+    and held before the first is scored. The model is in eval mode while the iteration runs.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with _eval_mode(model), torch.no_grad():
+        score = _support_scorer(model, support, corpus, decoder)
+    num_frames, image_size = int(model.config.num_frames), int(model.visual.image_size)
+    batches = [queries[start : start + int(batch_size)] for start in range(0, len(queries), int(batch_size))]
+    ahead = _decoded_ahead(lambda paths: load_readable(paths, num_frames, image_size, decoder), batches)
+    if transductive:  # the whole set, by definition
+        return _results(model, score, support[0], [queries], _joined(ahead, batches), alone=False)
+    return _results(model, score, support[0], batches, ahead, alone=True)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            device = model.device
-            dtype = next(model.parameters()).dtype
-            support = load_videos(support_paths, num_frames, image_size, decoder).to(device=device, dtype=dtype)
-            query = load_videos(queries, num_frames, image_size, decoder).to(device=device, dtype=dtype)
-            support_feats = model.encode_videos(support)  # [C*K, T, E]
-            text_feats = model.encode_classes(class_names, corpus) if model.config.score != "video" else None
-            labels = support_labels.to(device)
-            if transductive:
-                scores = model.scores_from_features(
-                    support_feats, labels, model.encode_videos(query), text_feats, len(class_names)
-                )
-            else:
-                scores = torch.cat(
-                    [
-                        model.scores_from_features(
-                            support_feats, labels, model.encode_videos(query[q : q + 1]), text_feats, len(class_names)
-                        )
-                        for q in range(query.shape[0])
-                    ]
-                )  # [M, C]
-            probabilities = torch.softmax(model.config.logit_scale * scores.float(), dim=1)
+        yield
     finally:
         model.train(was_training)
-    results = []
-    for q, path in enumerate(queries):
-        row = scores[q].float().cpu().tolist()
-        results.append(
-            {
-                "query": path,
-                "predicted": class_names[int(scores[q].argmax())],
-                "scores": dict(zip(class_names, row, strict=True)),
-                "probabilities": dict(zip(class_names, probabilities[q].cpu().tolist(), strict=True)),
-            }
-        )
-    return results
+
+
+def _results(model, score, class_names: list[str], batches: list[list[str]], decoded: Iterable, alone: bool):
+    """One result per query of `batches`, in order, from their decoded (clips, {position: error})."""
+    try:
+        with _eval_mode(model):
+            for paths, (clips, errors) in zip(batches, decoded, strict=True):
+                rows = _score_rows(score, clips, alone)
+                for position, path in enumerate(paths):
+                    if position in errors:
+                        yield {"query": path, "error": errors[position]}
+                    else:
+                        yield _result(path, class_names, next(rows), model.config.logit_scale)
+    finally:
+        if isinstance(decoded, Generator):
+            decoded.close()  # stops the background decoding when the caller stops early
+
+
+def _support_scorer(model, support, corpus, decoder: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Decodes and encodes the support set (and the classes' text) once -> scores(query clips) -> [M, C]."""
+    class_names, per_class = support
+    device, dtype = model.device, next(model.parameters()).dtype
+    paths = [row.path for rows in per_class for row in rows]
+    clips = load_videos(paths, int(model.config.num_frames), int(model.visual.image_size), decoder)
+    support_feats = model.encode_videos(clips.to(device=device, dtype=dtype))  # [C*K, T, E]
+    text_feats = model.encode_classes(class_names, corpus) if model.config.score != "video" else None
+    labels = torch.arange(len(class_names)).repeat_interleave(len(per_class[0])).to(device)
+
+    def scores(query: torch.Tensor) -> torch.Tensor:
+        query_feats = model.encode_videos(query.to(device=device, dtype=dtype))
+        return model.scores_from_features(support_feats, labels, query_feats, text_feats, len(class_names))
+
+    return scores
+
+
+def _score_rows(score: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor | None, alone: bool) -> Iterator:
+    """Each clip's class scores [C], in order: each clip alone (a query set of one) or all of them as one set."""
+    if clips is None:
+        return
+    if not alone:
+        with torch.no_grad():
+            scores = score(clips)
+        yield from scores
+        return
+    for q in range(clips.shape[0]):
+        with torch.no_grad():  # not around the yield: the caller's code would run without gradients
+            row = score(clips[q : q + 1])[0]
+        yield row
+
+
+def _joined(decoded: Iterable[tuple[torch.Tensor | None, dict[int, str]]], batches: list[list[str]]) -> Iterator:
+    """The batches' (clips, errors) as those of one batch of all the queries, decoded when first asked for."""
+    clips, errors, offset = [], {}, 0
+    for (batch_clips, batch_errors), paths in zip(decoded, batches, strict=True):
+        clips += [batch_clips] if batch_clips is not None else []
+        errors.update({offset + position: why for position, why in batch_errors.items()})
+        offset += len(paths)
+    yield (torch.cat(clips) if clips else None), errors
+
+
+def _result(path: str, class_names: list[str], scores: torch.Tensor, logit_scale: float) -> dict[str, Any]:
+    """One query's result: the predicted class, and every class's score and probability (softmax(scale * score))."""
+    probabilities = torch.softmax(logit_scale * scores.float()[None], dim=1)[0]
+    return {
+        "query": path,
+        "predicted": class_names[int(scores.argmax())],
+        "scores": dict(zip(class_names, scores.float().cpu().tolist(), strict=True)),
+        "probabilities": dict(zip(class_names, probabilities.cpu().tolist(), strict=True)),
+    }

@@ -16,6 +16,13 @@ Each query is classified on its own by default (a query set of one: the predicti
 does not depend on which other videos are passed); ``--transductive`` encodes all queries as one
 set, as in episodic evaluation. Scores are the model's P ⊙ Ṗ per class; probabilities are
 softmax(logit_scale · score).
+
+A folder given as a query stands for its video files and frame folders (by name). Queries are
+decoded a few at a time (``--batch-size``), the next batch while the model encodes this one, so
+memory does not grow with their number; each result is printed as soon as it is ready (``--json``:
+one JSON object per line). A query that cannot be read (corrupt, unsupported codec) gets a row with
+its ``error`` and the others are classified; the exit status is then 1. A path that does not exist
+is refused before anything loads (most likely a typo).
 """
 
 from __future__ import annotations
@@ -24,27 +31,29 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser, UsageError, load_model, resolve_device, run_cli
+from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
 from .inference import check_queries, classify, support_rows
+
+
+def format_result(result: Mapping[str, Any]) -> str:
+    """One query's lines of the table: the predicted class, then every class by score (or why it was not read)."""
+    if "error" in result:
+        return f"{result['query']}  ->  error: {result['error']}"
+    names = sorted(result["scores"], key=lambda name: -result["scores"][name])
+    width = max(len("class"), *(len(name) for name in names))
+    lines = [f"{result['query']}  ->  {result['predicted']}", f"  {'class':<{width}}  {'score':>8}  {'prob':>7}"]
+    for name in names:
+        lines.append(f"  {name:<{width}}  {result['scores'][name]:>8.4f}  {100 * result['probabilities'][name]:>6.2f}%")
+    return "\n".join(lines)
 
 
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
     """Human-readable predictions: per query the predicted class, then every class by score."""
-    lines = []
-    for result in results:
-        names = sorted(result["scores"], key=lambda name: -result["scores"][name])
-        width = max(len("class"), *(len(name) for name in names))
-        lines.append(f"{result['query']}  ->  {result['predicted']}")
-        lines.append(f"  {'class':<{width}}  {'score':>8}  {'prob':>7}")
-        for name in names:
-            lines.append(
-                f"  {name:<{width}}  {result['scores'][name]:>8.4f}  {100 * result['probabilities'][name]:>6.2f}%"
-            )
-    return "\n".join(lines)
+    return "\n".join(format_result(result) for result in results)
 
 
 # ------------------------------------------------------------------------------------------------ corpus
@@ -82,7 +91,13 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
     from .data.decode import VIDEO_EXTENSIONS
 
     parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("queries", nargs="+", metavar="VIDEO", help="query video files or JPEG frame folders")
+    parser.add_argument(
+        "queries",
+        nargs="+",
+        metavar="VIDEO",
+        help=f"query video files ({'/'.join(VIDEO_EXTENSIONS)}) or JPEG frame folders; a folder of them stands "
+        "for its videos, by name (not its subfolders' contents)",
+    )
     parser.add_argument("--checkpoint", help="our adapter checkpoint (.safetensors) or an official one (.pth)")
     parser.add_argument("--preset", help="model preset; needed for official checkpoints")
     parser.add_argument(
@@ -99,8 +114,20 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
     parser.add_argument("--base-url", default="https://api.openai.com/v1", help="chat endpoint for --generate-corpus")
     parser.add_argument("--llm-model", default="gpt-4", help="model name for --generate-corpus (default: gpt-4)")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's API key")
-    parser.add_argument("--transductive", action="store_true", help="encode all queries as one set")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--transductive",
+        action="store_true",
+        help="score all queries as one set; they are all decoded and held in memory before the first result",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=number_at_least(1, "--batch-size"),
+        default=8,
+        metavar="N",
+        help="queries decoded at a time, the next batch while this one is classified (default: 8)",
+    )
+    parser.add_argument("--json", action="store_true", help="JSON lines (an object per query) instead of a table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--decoder", default="auto", help="auto, pyav, dali_cpu, dali_gpu")
     return parser
@@ -127,9 +154,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("this model needs the classes' sub-actions: pass --corpus FILE or --generate-corpus")
     else:
         corpus = None
-    results = classify(model, support, queries, corpus, args.transductive, args.decoder)
-    print(json.dumps(results, indent=1) if args.json else format_table(results))
-    return 0
+    results = classify(model, support, queries, corpus, args.transductive, args.decoder, args.batch_size)
+    return write_results(results, len(queries), args.json, not args.no_progress)
+
+
+def write_results(results: Iterable[Mapping[str, Any]], total: int, as_json: bool, progress: bool) -> int:
+    """Prints each result as it comes (a table block or a JSON line, flushed) under a progress bar on stderr.
+
+    Returns the exit status: 1 when a query could not be read (its row says why), else 0.
+    """
+    from tqdm.auto import tqdm
+
+    failed = 0
+    with tqdm(total=total, desc="predict", unit="video", disable=not progress, file=sys.stderr) as bar:
+        for result in results:
+            failed += "error" in result
+            tqdm.write(json.dumps(result) if as_json else format_result(result), file=sys.stdout)
+            sys.stdout.flush()  # a reader of the pipe sees each result as it is ready
+            bar.update(1)
+    if failed:
+        print(f"error: {failed} of {total} queries could not be read (see their rows)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.predict") -> int:

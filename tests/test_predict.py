@@ -17,7 +17,7 @@ from taskadapter_fast import create_model
 from taskadapter_fast.checkpoint import save_adapters
 from taskadapter_fast.data.corpus import load_corpus
 from taskadapter_fast.data.synthetic import make_synthetic_dataset
-from taskadapter_fast.inference import predict
+from taskadapter_fast.inference import classify, predict, support_rows
 from taskadapter_fast.predict import main
 from taskadapter_fast.runconfig import RunConfig
 
@@ -68,7 +68,7 @@ def test_cli_json_matches_the_library_call(setup):
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},  # see _one_torch_thread
     )  # fmt: skip
     assert process.returncode == 0, process.stderr
-    printed = json.loads(process.stdout)
+    printed = [json.loads(line) for line in process.stdout.splitlines()]  # JSON lines: an object per query
     expected = predict(setup["model"], setup["support"], queries, load_corpus(corpus_path), decoder="pyav")
     assert [r["query"] for r in printed] == queries
     for got, want in zip(printed, expected, strict=True):
@@ -87,6 +87,13 @@ def test_each_query_is_classified_alone_unless_transductive(setup):
     assert predict(model, support, queries[1], corpus, decoder="pyav") == alone  # one path alone, not its letters
     transductive = predict(model, support, queries[:3], corpus, decoder="pyav", transductive=True)
     assert transductive[1]["scores"] != pytest.approx(together[1]["scores"], abs=1e-6)
+    was_training = model.training
+    for expected in (together, transductive):
+        stream = classify(model, support_rows(support), queries[:3], corpus, expected is transductive, "pyav", 2)
+        first = next(stream)
+        assert torch.is_grad_enabled() and not model.training  # the caller keeps its gradients while it streams
+        assert [first, *stream] == expected  # exactly the same, whatever the batch size
+        assert model.training == was_training
 
 
 def test_table_output_and_uneven_shots(setup, tmp_path, capsys, caplog):
@@ -103,6 +110,32 @@ def test_table_output_and_uneven_shots(setup, tmp_path, capsys, caplog):
     assert all(name in out for name in setup["classes"])
     assert caplog.text.count("using 2 example(s) per class") == 1  # said once, not once per reading
     assert "left out notes.txt (neither a video file nor a frame folder)" in caplog.text
+
+
+def test_an_unreadable_query_gets_its_own_row(setup, tmp_path, capsys):
+    corpus = load_corpus(setup["dataset"].corpus)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video, " * 100)
+    queries = [setup["queries"][0], str(broken), setup["queries"][1]]
+    base = ["--checkpoint", str(setup["checkpoint"]), "--support", str(setup["support"]),
+            "--corpus", str(setup["dataset"].corpus), "--decoder", "pyav", "--no-progress"]  # fmt: skip
+    assert main([*base, "--json", *queries]) == 1
+    out, err = capsys.readouterr()
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [result["query"] for result in printed] == queries
+    assert set(printed[1]) == {"query", "error"} and "cannot open the video container" in printed[1]["error"]
+    readable = predict(setup["model"], setup["support"], queries[::2], corpus, decoder="pyav")
+    for got, want in zip(printed[::2], readable, strict=True):
+        assert got["predicted"] == want["predicted"] and got["scores"] == pytest.approx(want["scores"], abs=1e-6)
+    assert err.strip().splitlines()[-1] == "error: 1 of 3 queries could not be read (see their rows)"
+
+    assert main([*base, *queries]) == 1  # the table says it on the query's row
+    out = capsys.readouterr().out
+    assert f"{broken}  ->  error: " in out and f"{queries[2]}  ->  {readable[1]['predicted']}" in out
+    library = predict(setup["model"], setup["support"], queries, corpus, decoder="pyav", transductive=True)
+    assert library[1] == printed[1]
+    together = predict(setup["model"], setup["support"], queries[::2], corpus, decoder="pyav", transductive=True)
+    assert library[::2] == together  # the readable ones as one set
 
 
 class _ChatHandler(http.server.BaseHTTPRequestHandler):
@@ -138,7 +171,7 @@ def test_generate_corpus_through_a_chat_endpoint(setup, tmp_path, capsys):
         assert main(args) == 0
         assert len(_ChatHandler.asked) == len(setup["classes"])
         assert sorted(load_corpus(out)) == setup["classes"]
-        assert json.loads(capsys.readouterr().out)[0]["predicted"] in setup["classes"]
+        assert json.loads(capsys.readouterr().out.splitlines()[0])["predicted"] in setup["classes"]
         assert main(args) == 0  # the corpus covers every class now: nothing is asked again
         assert len(_ChatHandler.asked) == len(setup["classes"])
     finally:

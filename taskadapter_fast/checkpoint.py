@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def _normalise_official_key(key: str) -> str:
 
 
 def is_official_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a torch file (zip archive or legacy pickle), so it is read as an official
+    checkpoint (and an unreadable one is reported as not a torch checkpoint, not as a bad safetensors file)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -138,14 +141,30 @@ def is_official_checkpoint(path: str | os.PathLike) -> bool:
     return head.startswith(b"PK") or head[:2] == b"\x80\x02"  # torch zip or legacy pickle
 
 
+def _torch_load_problem(path: Path, error: Exception) -> str:
+    """Why torch.load failed, in one line, without torch's advice to retry with weights_only=False (for a file that
+    is no torch file at all it does not apply, and for an official checkpoint tensors and plain values suffice)."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            legacy = handle.read(2) == b"\x80\x02"
+        if not legacy:
+            return "it starts like a zip archive but is not a complete one (a torch checkpoint is a zip archive)"
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # the cause sits between torch's advice and its documentation link
+        cause = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = "it holds more than tensors and plain values: " + " ".join(cause.split()).split(". ")[0]
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def read_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The `state` of an official checkpoint ({'epoch', 'state'}), its keys without DataParallel's `module.`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
+    except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+        raise ValueError(f"{path} is not a readable torch checkpoint: {_torch_load_problem(path, exc)}") from None
     if not isinstance(data, dict) or "state" not in data:
         keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
         raise ValueError(

@@ -39,12 +39,24 @@ SCORES = ("both", "video", "text")
 IMPLS = ("auto", "reference", "triton")
 
 
+RANDOM_INIT_WORDS = ("none", "null", "false", "")  # model.pretrained=none: no pretrained weights
+
+
+def random_init_as_none(value: Any) -> Any:
+    """The `pretrained` field's spellings of "no pretrained weights" (False, `none`, `false`, ...) -> None."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in RANDOM_INIT_WORDS):
+        return None
+    return value
+
+
 @dataclass
 class ModelConfig:
     """Everything that defines a Task-Adapter++ model (docs/method.md §2–§6)."""
 
     clip_model: str = "ViT-B-16"  # any open_clip ViT model name (tiny ones are registered by this package)
-    pretrained: str | None = None  # open_clip tag ("openai"), a local checkpoint file, or None (random init)
+    # open_clip tag ("openai"), a local checkpoint file, or None: random init, also written `none` or `false` in a
+    # config file or override (model.pretrained=none) and False from Python, so a preset's weights can be turned off
+    pretrained: str | None = field(default=None, metadata={"parse": random_init_as_none})
     quick_gelu: bool | None = None  # None: follow the pretrained tag (OpenAI CLIP uses QuickGELU)
     init_seed: int = 0  # seeds the random init of the frozen backbone, so a checkpoint alone rebuilds it
     num_frames: int = 8
@@ -75,6 +87,7 @@ class ModelConfig:
     impl: str = "auto"  # auto | reference | triton (see taskadapter_fast.ops)
 
     def __post_init__(self) -> None:
+        self.pretrained = random_init_as_none(self.pretrained)
         self.validate()
 
     @property
@@ -147,6 +160,9 @@ def build_section(
 ) -> Section:
     """cls(**data) with unknown keys refused and every value converted to its field's type.
 
+    A field may name its own reading in its metadata (`field(metadata={"parse": fn})`): fn(value) runs first,
+    for spellings the type alone cannot read (ModelConfig.pretrained: `none` means random init).
+
     The one way a config dataclass (ModelConfig, the run config's sections) is built from a mapping.
     section: where `cls` sits in the config tree ("model", "data.synthetic"), so that errors name a key
     as section.key ("" names the bare key). unknown_keys: (unknown, known keys) -> the error message, for
@@ -164,7 +180,11 @@ def build_section(
     if unknown:
         keys = ", ".join(_dotted(section, k) for k in unknown)
         raise ValueError(f"unknown config key(s) {keys}; known keys of {section or cls.__name__}: {', '.join(known)}")
-    values = {name: _coerce(value, hints[name], _dotted(section, name)) for name, value in data.items()}
+    parsers = {f.name: f.metadata.get("parse") for f in fields(cls)}  # a field's own reading before its type's
+    values = {}
+    for name, value in data.items():
+        value = parsers[name](value) if parsers[name] else value
+        values[name] = _coerce(value, hints[name], _dotted(section, name))
     return cls(**values)
 
 

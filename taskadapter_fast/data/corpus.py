@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import yaml
 from .._atomic import atomic_write_bytes
 
 STAGES_PER_CLASS = 3
+log = logging.getLogger(__name__)
 
 
 class Corpus(dict):
@@ -194,11 +195,11 @@ def load_corpus(path: str | os.PathLike) -> dict[str, list[str]]:
     remembers `path`). Raises FileNotFoundError for a missing file and ValueError naming the file and
     every bad entry (unparsable file, an entry without `sub_act_en_li`, stages that are not
     non-empty text). The number of stages is not checked here; see `resolve_subactions`.
-    Keys repeated in the file are reported with a UserWarning and the last one wins, as in PyYAML.
+    Keys repeated in the file are reported in one logged warning line and the last one wins, as in PyYAML.
     """
     corpus, _, note = _read_corpus_file(path)
     if note:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        log.warning(note)  # logged, not warnings.warn: that would print a line of Python source under it
     return corpus
 
 

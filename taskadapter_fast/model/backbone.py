@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from importlib import resources
 
 import open_clip
@@ -10,6 +13,13 @@ import torch
 from torch import nn
 
 _REGISTERED = False
+_WARNED_RANDOM: set[str] = set()  # model names already warned about (once per process)
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_NOTE = (
+    "warning: backbone {model} has random weights (no pretrained CLIP weights were loaded): fine for the demo, "
+    "but on real videos its predictions are near chance; use a preset with pretrained weights for real use"
+)
 
 
 def register_clip_configs() -> None:
@@ -18,6 +28,43 @@ def register_clip_configs() -> None:
     if not _REGISTERED:
         open_clip.add_model_config(str(resources.files("taskadapter_fast.clip_configs")))
         _REGISTERED = True
+
+
+def warn_random_weights(model_name: str) -> None:
+    """Say once per process, in one line, that a backbone was never given pretrained weights.
+
+    open_clip's own notice of this is dropped (`_open_clip_logging`): callers that know the weights will not
+    come later (an official checkpoint carries them) call this instead.
+    """
+    if model_name not in _WARNED_RANDOM:
+        _WARNED_RANDOM.add(model_name)
+        log.warning(RANDOM_WEIGHTS_NOTE.format(model=model_name))
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _open_clip_logging() -> Iterator[None]:
+    """open_clip logs through the root logger's module functions (logging.info/warning), and the first such call
+    installs a root handler (logging.basicConfig) that prefixes that and every later warning with `WARNING:root:`.
+    While open_clip runs, the root logger has a handler if it had none (the one Python uses when there is none,
+    so warnings still print as plain lines) and its random-init notice is dropped (`warn_random_weights` says it).
+    """
+    root = logging.getLogger()
+    stand_in = None if root.handlers else (logging.lastResort or logging.NullHandler())
+    drop = _DropRandomInitNotice()
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 def _pretrained_error(model_name: str, pretrained: str, reason: str) -> RuntimeError:
@@ -43,6 +90,8 @@ def build_clip(
 
     The random initialisation is drawn from `init_seed` (the global RNG is left untouched), so a model
     without pretrained weights is the same model wherever its config is rebuilt.
+    A random init is not reported here (weights may follow, e.g. from an official checkpoint): `create_model`
+    calls `warn_random_weights` where none do.
     """
     register_clip_configs()
     if model_name not in open_clip.list_models():
@@ -62,7 +111,7 @@ def build_clip(
     if quick_gelu is None:
         quick_gelu = bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else False
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _open_clip_logging():
             torch.manual_seed(init_seed)
             model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as exc:
@@ -86,4 +135,5 @@ def build_clip(
 
 def get_tokenizer(model_name: str):
     register_clip_configs()
-    return open_clip.get_tokenizer(model_name)
+    with _open_clip_logging():
+        return open_clip.get_tokenizer(model_name)

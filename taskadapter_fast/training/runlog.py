@@ -71,6 +71,51 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def chance_level(run_dir: Path) -> float | None:
+    """100 / way (%), the accuracy of guessing in a C-way episode, from the run's config.yaml (None without one)."""
+    import yaml
+
+    from .run_dir import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        way = int(((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data") or {}).get("n_way", 0))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    return 100.0 / way if way > 0 else None
+
+
+def _draw_chance(ax, chance: float | None) -> None:
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:.4g} %)")
+
+
+def val_accuracy_figure(val_rows: list[dict[str, Any]], chance: float | None):
+    """The figure of val_accuracy.png: validation accuracy ± 95% CI per epoch (whole-number ticks), chance dashed."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if val_rows:
+        ax.errorbar(
+            [r["epoch"] for r in val_rows],
+            [r["accuracy"] for r in val_rows],
+            yerr=[r["ci95"] for r in val_rows],
+            marker="o",
+            capsize=3,
+            color="tab:green",
+            label="validation",
+        )
+        _draw_chance(ax, chance)
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no validation ran", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy per epoch")
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(run_dir: Path) -> list[Path]:
     """curves.png (training loss and accuracy per episode, validation accuracy) and val_accuracy.png."""
     try:
@@ -84,6 +129,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     records = read_metrics(run_dir)
     train_rows = [r for r in records if r["kind"] == "train"]
     val_rows = [r for r in records if r["kind"] == "val"]
+    chance = chance_level(run_dir)
     written = []
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -101,6 +147,7 @@ def write_plots(run_dir: Path) -> list[Path]:
             marker="o",
             capsize=3,
         )
+    _draw_chance(ax_acc, chance)
     ax_acc.set(xlabel="training episode", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()
@@ -108,20 +155,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    if val_rows:
-        ax.errorbar(
-            [r["epoch"] for r in val_rows],
-            [r["accuracy"] for r in val_rows],
-            yerr=[r["ci95"] for r in val_rows],
-            marker="o",
-            capsize=3,
-            color="tab:green",
-        )
-    else:
-        ax.text(0.5, 0.5, "no validation ran", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy per epoch")
-    fig.tight_layout()
+    fig = val_accuracy_figure(val_rows, chance)
     written.append(run_dir / "val_accuracy.png")
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)

@@ -21,6 +21,7 @@ The work is `taskadapter_fast.evaluation.evaluate`; this module only wires files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import atomic_write_text
+from ._lock import FileLock
 from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
 from .config import parse_override
 
@@ -310,20 +312,32 @@ def finish(report: dict[str, Any], model, output: str | None) -> None:
         print(f"wrote {written}")
 
 
+def output_lock(output: str | None) -> contextlib.AbstractContextManager:
+    """The lock of `--output FILE` (`FILE.lock` beside it), held from before the evaluation until FILE is written:
+    a second evaluation writing the same file is refused at once, not silently overwritten when it ends."""
+    if not output:
+        return contextlib.nullcontext()
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + ".lock"), what=f"--output {output}")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     device = resolve_device(args.device)
-    testbed = open_testbed(args, settings, device)
-    report: dict[str, Any] = {
-        "checkpoint": args.checkpoint,
-        "preset": args.preset,
-        "split": testbed.split,
-        "num_videos": len(testbed.rows),
-        "device": str(device),
-        "cache": not args.no_cache,
-    }
-    report.update(nway_curve(args, testbed, settings) if args.nway_curve else evaluate_once(args, testbed, settings))
-    finish(report, testbed.model, args.output)
+    with output_lock(args.output):
+        testbed = open_testbed(args, settings, device)
+        report: dict[str, Any] = {
+            "checkpoint": args.checkpoint,
+            "preset": args.preset,
+            "split": testbed.split,
+            "num_videos": len(testbed.rows),
+            "device": str(device),
+            "cache": not args.no_cache,
+        }
+        measure = nway_curve if args.nway_curve else evaluate_once
+        report.update(measure(args, testbed, settings))
+        finish(report, testbed.model, args.output)
     return 0
 
 

@@ -23,7 +23,6 @@ interrupted run never leaves half a dataset behind.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .._lock import FileLock, LockHeld
 
 FORMAT_VERSION = 1  # bump when rendering or layout changes, so cached datasets are not reused
 SPLITS = ("train", "val", "test")
@@ -470,8 +471,7 @@ def make_synthetic_dataset(
     temporary = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
     # The generator holds a lock on <temporary>.lock while it works: others know it is alive by the lock, not
     # by a process id (which says nothing across containers or hosts sharing the cache).
-    with open(_lock_file(temporary), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(_lock_file(temporary)):  # deletes the lock file when done
         try:
             temporary.mkdir()
             _generate(temporary, params)
@@ -482,7 +482,6 @@ def make_synthetic_dataset(
                     raise
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
-            _lock_file(temporary).unlink(missing_ok=True)
     return _checked(folder, params)
 
 
@@ -496,11 +495,9 @@ def _remove_stale_temporaries(folder: Path) -> None:
         if candidate.name.endswith(".lock"):
             continue
         try:
-            with open(_lock_file(candidate), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its generator is gone
+            with FileLock(_lock_file(candidate)):  # taken: its generator is gone
                 shutil.rmtree(candidate, ignore_errors=True)
-                _lock_file(candidate).unlink(missing_ok=True)
-        except BlockingIOError:
+        except LockHeld:
             continue  # a live generator holds it
         except OSError:
             continue

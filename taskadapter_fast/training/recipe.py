@@ -15,7 +15,8 @@ writes to `output_dir/results.json`:
 
 Run directory: `config.yaml` (the resolved run config), `metrics.jsonl`, `tensorboard/`,
 `untrained.safetensors`, `best.safetensors`, `last.safetensors`, `state.pt` + `state.json`
-(resumable state), `test_episodes.json`, `curves.png`, `val_accuracy.png`, `results.json`.
+(resumable state), `test_episodes.json`, `curves.png`, `val_accuracy.png`, `results.json`; while the run goes
+on, `.lock`, locked by the process writing the directory (another `train` into it or `--resume` of it is refused).
 
 Resume: `state.pt` holds the adapters, optimizer, scheduler, RNG states and the episode counter;
 it is written atomically (temporary file + `os.replace`) every `train.save_every` episodes and at
@@ -81,7 +82,7 @@ def train(
 
     run_config: the resolved run (see `taskadapter_fast.runconfig.resolve_run_config`). With `resume`: None (the
     run's own config), or the run's config with only runtime-only settings changed (`runconfig.RUNTIME_KEYS`).
-    output_dir: the run directory (default `runs/<timestamp>`). resume: a run directory to continue.
+    output_dir: the run directory (default `runs/<timestamp>-<random suffix>`). resume: a run directory to continue.
     device: "auto" (default: this rank's GPU, else the CPU), "cpu", "cuda", "cuda:1", ...
     Under `torchrun` (WORLD_SIZE > 1) every rank calls this; only rank 0 writes.
     `train.cpu_threads` applies for the duration of the call only.
@@ -95,17 +96,18 @@ def train(
 
 def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
     """The recipe: set-up; each epoch: train, validate and select, end the epoch; then test; then the results."""
-    run = _setup(run_config, output_dir, resume, device, progress)
-    try:
-        for epoch in range(run.state.epochs_done, run.tcfg.epochs):
-            _train_epoch(run, epoch)
-            _validate_and_select(run, epoch)
-            _end_epoch(run, epoch)
-        _select_last_if_never_validated(run)
-        test = _test(run)
-    finally:
-        run.runlog.close()
-    return _results(run, test)
+    with contextlib.ExitStack() as held:  # the run directory's lock, until the results are written
+        run = _setup(run_config, output_dir, resume, device, progress, held)
+        try:
+            for epoch in range(run.state.epochs_done, run.tcfg.epochs):
+                _train_epoch(run, epoch)
+                _validate_and_select(run, epoch)
+                _end_epoch(run, epoch)
+            _select_last_if_never_validated(run)
+            test = _test(run)
+        finally:
+            run.runlog.close()
+        return _results(run, test)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -167,15 +169,12 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-def _setup(run_config, output_dir, resume, device, progress) -> Run:
-    """The run built, its state new or resumed, its run log open; a new run's state saved at once."""
-    run = _build(run_config, output_dir, resume, device, progress)
+def _setup(run_config, output_dir, resume, device, progress, held: contextlib.ExitStack) -> Run:
+    """The run built, its state new or resumed, its run log open as it was at that state; a new run's state saved
+    at once. `held` keeps the run directory's lock (rank 0) until the caller's block ends."""
+    run = _build(run_config, output_dir, resume, device, progress, held)
     _start_or_resume(run)
-    run.runlog = RunLog(
-        run.run_dir if run.dist_info.is_main else None,
-        run.state.episode if run.resuming else None,
-        run.state.metrics_bytes,
-    )
+    run.runlog = RunLog(run.run_dir if run.dist_info.is_main else None, run.state.metrics_bytes)
     if run.dist_info.is_main:
         _announce(run)
     run.forward = torch.compile(run.model, backend=run.tcfg.compile_backend) if run.tcfg.compile else run.model
@@ -185,12 +184,16 @@ def _setup(run_config, output_dir, resume, device, progress) -> Run:
     return run
 
 
-def _build(run_config, output_dir, resume, device, progress) -> Run:
-    """Run directory, device, data, model, loaders, optimizer and schedule, each checked (`preflight`) before the
-    run directory is first written."""
+def _build(run_config, output_dir, resume, device, progress, held: contextlib.ExitStack) -> Run:
+    """Run directory (locked, the lock kept by `held`), device, data, model, loaders, optimizer and schedule, each
+    checked (`preflight`) before the run directory is first written."""
     session_start = time.perf_counter()
     dist_info = init_distributed(None if device is None else str(device))
-    config, run_dir, resuming = open_run_dir(run_config, output_dir, resume, dist_info)
+    config, run_dir, resuming, lock = open_run_dir(run_config, output_dir, resume, dist_info)
+    if lock is not None:
+        if not resuming:  # a new run that fails before its first write leaves no folder behind (after the lock goes)
+            held.callback(_remove_if_empty, run_dir)
+        held.enter_context(lock)
     tcfg = config.train
     device = resolve_device(device, dist_info.local_rank)
     if device.type == "cpu" and tcfg.cpu_threads is not None:
@@ -230,6 +233,11 @@ def _build(run_config, output_dir, resume, device, progress) -> Run:
         progress=progress,
         session_start=session_start,
     )
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: the run wrote into it
+        folder.rmdir()
 
 
 def _announce(run: Run) -> None:

@@ -1,15 +1,17 @@
-"""The run directory: its file names, the default location, and the checks of `--output-dir`/`--resume`
-(rank 0 decides, every rank follows its answer)."""
+"""The run directory: its file names, the default location, its lock (one writing process per run directory),
+and the checks of `--output-dir`/`--resume` (rank 0 decides, every rank follows its answer)."""
 
 from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .._atomic import atomic_write_text
+from .._lock import FileLock, LockHeld
 from ..config import load_config_file
 from ..runconfig import (
     RunConfig,
@@ -25,10 +27,12 @@ from .state import STATE_FILE, load_state
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 TEST_EPISODES_FILE = "test_episodes.json"
+LOCK_FILE = ".lock"  # held by the process that writes the run directory, for as long as the run goes on
 
 
 def default_output_dir() -> Path:
-    return Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """`runs/<YYYYmmdd-HHMMSS>-<6 random hex digits>`: runs started in the same second get different folders."""
+    return Path("runs") / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def prepare_run_dir(
@@ -86,22 +90,44 @@ def open_run_dir(
     output_dir: str | os.PathLike | None,
     resume: str | os.PathLike | None,
     dist_info: DistInfo,
-) -> tuple[RunConfig, Path, bool]:
-    """`prepare_run_dir` on rank 0 (it alone writes the directory), its answer or its error on every rank."""
-    if dist_info.enabled and output_dir is None and resume is None:
+) -> tuple[RunConfig, Path, bool, FileLock | None]:
+    """`prepare_run_dir` on rank 0 (it alone writes the directory), its answer or its error on every rank.
+
+    Rank 0 also takes the run directory's lock, which it holds for the whole run: the fourth value, to be
+    released when the run ends (None on the other ranks). A directory another process writes is refused.
+    """
+    if output_dir is None and resume is None:
         output_dir = broadcast(str(default_output_dir()), dist_info)
-    prepared, problem = None, None
+    prepared, lock, problem = None, None, None
     if dist_info.is_main:
         try:
-            prepared = prepare_run_dir(run_config, output_dir, resume)
-        except (ValueError, FileNotFoundError) as exc:
+            prepared, lock = _prepare_locked(run_config, output_dir, resume)
+        except (ValueError, FileNotFoundError, LockHeld) as exc:
             problem = exc
     problem_text = broadcast(None if problem is None else str(problem), dist_info)
     if problem is not None:
         raise problem
     if problem_text is not None:
         raise ValueError(problem_text)
-    return broadcast(prepared, dist_info)
+    return (*broadcast(prepared, dist_info), lock)
+
+
+def _prepare_locked(
+    run_config: RunConfig | None, output_dir: str | os.PathLike | None, resume: str | os.PathLike | None
+) -> tuple[tuple[RunConfig, Path, bool], FileLock | None]:
+    """`prepare_run_dir` checked under the run directory's lock (taken first, so no other process can start
+    writing between the checks and this run), and the lock, held."""
+    run_dir = Path(resume if resume is not None else output_dir)
+    if resume is None and run_config is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_dir.is_dir():  # nothing to lock: prepare_run_dir says what is wrong
+        return prepare_run_dir(run_config, output_dir, resume), None
+    lock = FileLock(run_dir / LOCK_FILE, what=f"run directory {run_dir}")
+    try:
+        return prepare_run_dir(run_config, output_dir, resume), lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def write_config(run: RunConfig, run_dir: Path, resuming: bool, dist_info: DistInfo) -> None:

@@ -13,30 +13,27 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class RunLog:
-    """metrics.jsonl + TensorBoard, written by rank 0 only (a no-op elsewhere)."""
+    """metrics.jsonl + TensorBoard, written by rank 0 only (a no-op elsewhere).
 
-    def __init__(self, run_dir: Path | None, purge_step: int | None = None, metrics_bytes: int | None = None):
+    Opened as the run stood when its state was saved: metrics.jsonl is cut back to `metrics_bytes` (its length
+    then; a new run's is 0) and the TensorBoard event files are rewritten from what is left of it, so a resumed
+    run's logs hold exactly what an uninterrupted run's would.
+    """
+
+    def __init__(self, run_dir: Path | None, metrics_bytes: int = 0):
         self.run_dir = run_dir
         self.writer = None
         self.metrics = None
         if run_dir is None:
             return
         path = run_dir / METRICS_FILE
-        if metrics_bytes is not None and path.exists():
-            # Lines written after the saved state belong to work that is now redone.
+        if path.exists():
+            # Lines written after the saved state belong to work that is now redone. (Never lengthened: a file
+            # shorter than the state says, e.g. after a crash that lost its tail, would get NUL bytes.)
             with open(path, "r+b") as handle:
-                handle.truncate(metrics_bytes)
+                handle.truncate(min(metrics_bytes, path.stat().st_size))
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            warnings.warn(
-                f"TensorBoard event files are not written: torch.utils.tensorboard needs the `tensorboard` package "
-                f"(pip install tensorboard): {exc}",
-                stacklevel=2,
-            )
-        else:
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.writer = _tensorboard_writer(run_dir / "tensorboard", read_metrics(run_dir))
 
     @property
     def metrics_bytes(self) -> int:
@@ -52,15 +49,52 @@ class RunLog:
         self.metrics.write(json.dumps(line) + "\n")
         self.metrics.flush()
         if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
-                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            _add_scalars(self.writer, kind, step, values)
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _tensorboard_writer(log_dir: Path, records: list[dict[str, Any]]):
+    """A SummaryWriter on `log_dir` holding the scalars of `records` (metrics.jsonl's) and nothing else yet,
+    or None without the `tensorboard` package.
+
+    Event files already in `log_dir` are replaced, not cut at a purge step: those of an interrupted session can
+    hold scalars of work that is now redone and lack scalars logged before its state was saved (the writer
+    buffers them; kill -9 loses the buffer), and the test's scalars share their step with the last epoch's, so
+    no step separates what is redone from what is not. metrics.jsonl, flushed at every record and cut back
+    to the saved state, is the exact record.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        warnings.warn(
+            f"TensorBoard event files are not written: torch.utils.tensorboard needs the `tensorboard` package "
+            f"(pip install tensorboard): {exc}",
+            stacklevel=3,
+        )
+        return None
+    earlier = list(log_dir.glob("events.out.tfevents.*"))
+    # purge_step=0: a TensorBoard that has read the earlier files (a live view, or a crash before they are
+    # deleted below) drops their scalars when it reaches this file.
+    writer = SummaryWriter(log_dir=str(log_dir), purge_step=0 if earlier else None)
+    for record in records:
+        values = {key: value for key, value in record.items() if key not in ("kind", "episode", "time")}
+        _add_scalars(writer, record["kind"], record["episode"], values, record.get("time"))
+    writer.flush()
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return writer
+
+
+def _add_scalars(writer, kind: str, step: int, values: dict[str, Any], walltime: float | None = None) -> None:
+    """The numbers of one record as TensorBoard scalars `kind/key` (the epoch and step counters are not curves)."""
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
+            writer.add_scalar(f"{kind}/{key}", value, step, walltime=walltime)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

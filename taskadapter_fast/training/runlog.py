@@ -3,11 +3,15 @@ event files, both from rank 0 only, and the plots drawn from `metrics.jsonl` at 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .._atomic import as_write_error
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -49,18 +53,40 @@ class RunLog:
         if self.metrics is None:
             return
         line = {"kind": kind, "episode": step, **values, "time": round(time.time(), 3)}
-        self.metrics.write(json.dumps(line) + "\n")
-        self.metrics.flush()
+        self._append(json.dumps(line) + "\n")
         if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
-                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            try:
+                for key, value in values.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                        self.writer.add_scalar(f"{kind}/{key}", value, step)
+            except OSError as error:  # its writer thread's failure, met at the next call
+                raise as_write_error(self.run_dir / "tensorboard", error) from error
+
+    def _append(self, text: str) -> None:
+        """One whole line onto metrics.jsonl; where the disk refuses it, none of it, and a `WriteError`."""
+        assert self.metrics is not None and self.run_dir is not None
+        start = self.metrics.tell()
+        try:
+            self.metrics.write(text)
+            self.metrics.flush()
+        except OSError as error:
+            # Closed first (its flush of the rest fails again or lands; either way nothing is written later), then
+            # cut back to the last whole line (truncating needs no space).
+            path, handle, self.metrics = self.run_dir / METRICS_FILE, self.metrics, None
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.truncate(path, start)
+            raise as_write_error(path, error) from error
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as error:
+                raise as_write_error(self.run_dir / "tensorboard", error) from error
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

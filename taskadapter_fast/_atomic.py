@@ -45,7 +45,7 @@ def os_errno(error: BaseException, folder: str | os.PathLike | None = None) -> i
         match = _ERRNO_TEXT.search(str(link))
         if match:
             return int(match.group(1) or match.group(2))
-        link = link.__cause__ or link.__context__
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)  # as a traceback shows
     if folder is not None and _no_space_left(folder):
         return errno.ENOSPC
     return None
@@ -68,8 +68,13 @@ def as_write_error(path: str | os.PathLike, error: BaseException) -> BaseExcepti
     code = os_errno(error, Path(path).parent)
     if code is None:
         return error
-    reason = os.strerror(code)
-    return WriteError(code, reason[:1].lower() + reason[1:], str(path))
+    return WriteError(code, reason(code), str(path))
+
+
+def reason(code: int) -> str:
+    """An errno in words, as a message goes on: "no space left on device"."""
+    text = os.strerror(code)
+    return text[:1].lower() + text[1:]
 
 
 def _umask() -> int:

@@ -104,11 +104,15 @@ def run_cli(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], int
         print(f"error: {interrupted}", file=sys.stderr)
         return 130
     except Exception as error:
-        from ._atomic import os_errno
+        from ._atomic import os_errno, reason
 
-        if os_errno(error) is None:
+        code = os_errno(error)
+        if code is None:
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        text = one_line(error)
+        if reason(code).lower() not in text.lower():  # the library's words may not say why
+            text += f" ({reason(code)})"
+        print(f"error: {text}", file=sys.stderr)
         return 1
 
 

@@ -9,8 +9,10 @@ from two processes at once.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -50,8 +52,10 @@ def small_disk(tmp_path):
         return folder
 
     yield mount
+    gc.collect()  # torch's own writer of a failed save, held by the caught exception's frames, keeps its file open
     for folder in mounted:
-        subprocess.run(["umount", str(folder)], check=False)
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)  # detached now, freed once unused
 
 
 def fill(disk: Path, leave: int = 0) -> Path:
@@ -124,6 +128,17 @@ def test_metrics_lines_are_whole_or_absent_on_a_full_disk(small_disk):
     assert text.endswith("\n") and [json.loads(line)["episode"] for line in text.splitlines()][0] == 1
 
 
+def test_tensorboard_on_a_full_disk_names_its_folder(small_disk):
+    pytest.importorskip("torch.utils.tensorboard")
+    disk = small_disk("1m")
+    run_dir = disk / "run"
+    run_dir.mkdir()
+    fill(disk)
+    with pytest.raises(WriteError) as caught:
+        RunLog(run_dir)  # the event file's first record is refused
+    assert str(caught.value) == f"cannot write {run_dir / 'tensorboard'}: {NO_SPACE}"
+
+
 def test_run_cli_reports_any_exception_type_of_a_refused_write_in_one_line(small_disk, capsys, monkeypatch):
     """safetensors' own error type, met outside the package's writers, is one line too."""
     from safetensors.torch import save_file
@@ -164,7 +179,14 @@ def test_train_stops_in_one_line_on_a_full_disk_and_resumes_once_space_is_freed(
     assert load_state(out)["counters"]["episode"] == 0  # the whole earlier state, not half of the new one
     assert all(json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines())
 
+    # Resumed on a disk still full: the first record (of metrics.jsonl, or of TensorBoard, in its writer thread).
+    still_full = fill(disk)
+    refused = _train("--resume", str(out))
+    assert re.fullmatch(f"error: cannot write {re.escape(str(out))}/(metrics.jsonl|tensorboard): {NO_SPACE}",
+                        _one_line_error(refused))  # fmt: skip
+
     filler.unlink()
+    still_full.unlink()
     resumed = _train("--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "results.json").is_file() and no_temporaries(out) == []

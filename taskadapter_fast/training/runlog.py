@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +15,18 @@ from typing import Any
 from .._atomic import as_write_error
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def _tensorboard_thread_errors(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread dies on a write the disk refuses, and TensorBoard raises that error again in the
+    thread that writes next (where `RunLog` names the folder): printed from the thread too, it would be a traceback
+    before the one-line error."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    _previous_excepthook(args)
+
+
+_previous_excepthook, threading.excepthook = threading.excepthook, _tensorboard_thread_errors
 
 
 class RunLog:
@@ -40,7 +53,10 @@ class RunLog:
                 stacklevel=2,
             )
         else:
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+            try:
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+            except OSError as error:  # its event file's first record refused
+                raise as_write_error(run_dir / "tensorboard", error) from error
 
     @property
     def metrics_bytes(self) -> int:

@@ -46,9 +46,13 @@ def os_errno(error: BaseException, folder: str | os.PathLike | None = None) -> i
         if match:
             return int(match.group(1) or match.group(2))
         link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)  # as a traceback shows
-    if folder is not None and _no_space_left(folder):
+    if folder is not None and not isinstance(error, _WHAT_WAS_WRITTEN) and _no_space_left(folder):
         return errno.ENOSPC
     return None
+
+
+# Errors about what was being written (a bug, bad data), not about the disk, even when that disk is full too.
+_WHAT_WAS_WRITTEN = (TypeError, ValueError, AttributeError, LookupError, NameError, ArithmeticError, AssertionError)
 
 
 def _no_space_left(folder: str | os.PathLike) -> bool:

@@ -74,7 +74,8 @@ class PrefixCache:
     Args:
         max_bytes: memory budget of the LRU (least recently used entries go first).
         directory: optional folder of ``.pt`` files (one per video, under a sub-folder per model
-            fingerprint), for test sets larger than memory or reuse across runs.
+            fingerprint), for test sets larger than memory or reuse across runs. Optional in earnest: where it
+            refuses a write (a full disk), a warning names it once and the cache goes on in memory alone.
         storage_device: where the in-memory entries live (default CPU, so GPU memory stays free).
 
     `bind(model)` must be called before use (``evaluate`` does): it ties the cache to the model's

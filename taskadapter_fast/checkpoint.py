@@ -42,11 +42,10 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra_metadata: dic
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.contiguous().cpu().clone() for name, t in adapter_state(model).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # makes the folder; a full disk (SafetensorError "os error 28") is a WriteError
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 

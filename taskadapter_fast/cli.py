@@ -84,7 +84,11 @@ def one_line(error: BaseException) -> str:
 def run_cli(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], int], interrupted: str = "interrupted"):
     """Run a command; any error ends it with `error: <one line>` (exit 2 usage, 1 other errors), no traceback.
 
-    TAF_TRACEBACK=1 in the environment lets errors propagate with their traceback instead.
+    A write the OS refused (a full disk, ...) is one line whatever type the writing library raised: the
+    package's writers raise a `WriteError` (an OSError naming the file), and any other exception that carries
+    an OS error is one line too. Other exception types (TypeError, AttributeError, ...) are bugs: they keep
+    their traceback, which is what a bug report needs. TAF_TRACEBACK=1 in the environment lets every error
+    propagate with its traceback.
     """
     if os.environ.get("TAF_TRACEBACK", "") not in ("", "0"):
         return run_fn(args)
@@ -99,6 +103,17 @@ def run_cli(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], int
     except KeyboardInterrupt:
         print(f"error: {interrupted}", file=sys.stderr)
         return 130
+    except Exception as error:
+        from ._atomic import os_errno, reason
+
+        code = os_errno(error)
+        if code is None:
+            raise
+        text = one_line(error)
+        if reason(code).lower() not in text.lower():  # the library's words may not say why
+            text += f" ({reason(code)})"
+        print(f"error: {text}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

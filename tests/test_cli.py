@@ -119,3 +119,31 @@ def test_run_cli_one_line_errors(capsys, monkeypatch):
     monkeypatch.setenv("TAF_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
         cli.run_cli(None, fails(FileNotFoundError("x")))
+
+
+def test_run_cli_one_line_for_any_type_a_refused_write_raises_and_tracebacks_for_bugs(capsys, monkeypatch):
+    monkeypatch.delenv("TAF_TRACEBACK", raising=False)
+
+    class LibraryError(Exception):  # a library's own type (as safetensors' SafetensorError), none of run_cli's five
+        pass
+
+    def refused(_args):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise LibraryError("serializing failed")  # noqa: B904 (as a C++ writer over a Python file object does)
+
+    def says_it(_args):
+        raise LibraryError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def bug(_args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    assert cli.run_cli(None, refused) == 1  # the OSError is the context of the library's error
+    assert cli.run_cli(None, says_it) == 1  # the errno is in the library's text
+    assert capsys.readouterr().err.splitlines() == [
+        "error: serializing failed (no space left on device)",
+        "error: Error while serializing: I/O error: No space left on device (os error 28)",
+    ]
+    with pytest.raises(TypeError):  # a bug keeps its traceback
+        cli.run_cli(None, bug)

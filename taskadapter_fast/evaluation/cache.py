@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_write_bytes
+from .._atomic import WriteError, as_write_error, atomic_write_bytes
 from ..data.decode import FRAME_NAME
 from ..ops.dispatch import autocast_on
 
@@ -74,7 +74,8 @@ class PrefixCache:
     Args:
         max_bytes: memory budget of the LRU (least recently used entries go first).
         directory: optional folder of ``.pt`` files (one per video, under a sub-folder per model
-            fingerprint), for test sets larger than memory or reuse across runs.
+            fingerprint), for test sets larger than memory or reuse across runs. Optional in earnest: where it
+            refuses a write (a full disk), a warning names it once and the cache goes on in memory alone.
         storage_device: where the in-memory entries live (default CPU, so GPU memory stays free).
 
     `bind(model)` must be called before use (``evaluate`` does): it ties the cache to the model's
@@ -98,6 +99,7 @@ class PrefixCache:
         self.bytes = 0
         self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._disk_writes = self.directory is not None  # off after the folder refused a write (warned once)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,8 +114,11 @@ class PrefixCache:
                 self._entries.clear()
                 self.bytes = 0
             self.fingerprint = fingerprint
-        if self.directory is not None:
-            self._folder().mkdir(parents=True, exist_ok=True)
+        if self._disk_writes:
+            try:
+                self._folder().mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                self._stop_disk_writes(error)
 
     def _folder(self) -> Path:
         assert self.directory is not None and self.fingerprint is not None
@@ -168,11 +173,27 @@ class PrefixCache:
 
     def put(self, key: tuple, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to(self.storage_device).contiguous().clone()
-        if self.directory is not None:
+        if self._disk_writes:
             buffer = io.BytesIO()
             torch.save(tensor, buffer)
-            atomic_write_bytes(self._file(key), buffer.getvalue())  # a reader never sees half a file
+            try:
+                # Under a temporary name of this writer's own, renamed into place: a reader never sees half a file,
+                # and two processes writing the same entry at once each write a whole file (the last one stays).
+                atomic_write_bytes(self._file(key), buffer.getvalue())
+            except OSError as error:
+                self._stop_disk_writes(error)
         self._remember(key, tensor)
+
+    def _stop_disk_writes(self, error: OSError) -> None:
+        """The disk cache is optional: a folder that refuses a write (full disk, read-only) is warned about once and
+        left alone; the evaluation goes on from memory with the same numbers."""
+        with self._lock:
+            if not self._disk_writes:
+                return
+            self._disk_writes = False
+        failure = as_write_error(self._folder(), error)
+        reason = failure.strerror if isinstance(failure, WriteError) else failure
+        log.warning("prefix cache: cannot write to %s (%s); going on without the disk cache", self.directory, reason)
 
     def _remember(self, key: tuple, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()

@@ -3,13 +3,30 @@ event files, both from rank 0 only, and the plots drawn from `metrics.jsonl` at 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from .._atomic import as_write_error
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def _tensorboard_thread_errors(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread dies on a write the disk refuses, and TensorBoard raises that error again in the
+    thread that writes next (where `RunLog` names the folder): printed from the thread too, it would be a traceback
+    before the one-line error."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    _previous_excepthook(args)
+
+
+_previous_excepthook, threading.excepthook = threading.excepthook, _tensorboard_thread_errors
 
 
 class RunLog:
@@ -33,7 +50,10 @@ class RunLog:
             with open(path, "r+b") as handle:
                 handle.truncate(min(metrics_bytes, path.stat().st_size))
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self.writer = _tensorboard_writer(run_dir / "tensorboard", read_metrics(run_dir))
+        try:
+            self.writer = _tensorboard_writer(run_dir / "tensorboard", read_metrics(run_dir))
+        except OSError as error:  # its event file's first records refused
+            raise as_write_error(run_dir / "tensorboard", error) from error
 
     @property
     def metrics_bytes(self) -> int:
@@ -46,16 +66,38 @@ class RunLog:
         if self.metrics is None:
             return
         line = {"kind": kind, "episode": step, **values, "time": round(time.time(), 3)}
-        self.metrics.write(json.dumps(line) + "\n")
-        self.metrics.flush()
+        self._append(json.dumps(line) + "\n")
         if self.writer is not None:
-            _add_scalars(self.writer, kind, step, values)
+            try:
+                _add_scalars(self.writer, kind, step, values)
+            except OSError as error:  # its writer thread's failure, met at the next call
+                raise as_write_error(self.run_dir / "tensorboard", error) from error
+
+    def _append(self, text: str) -> None:
+        """One whole line onto metrics.jsonl; where the disk refuses it, none of it, and a `WriteError`."""
+        assert self.metrics is not None and self.run_dir is not None
+        start = self.metrics.tell()
+        try:
+            self.metrics.write(text)
+            self.metrics.flush()
+        except OSError as error:
+            # Closed first (its flush of the rest fails again or lands; either way nothing is written later), then
+            # cut back to the last whole line (truncating needs no space).
+            path, handle, self.metrics = self.run_dir / METRICS_FILE, self.metrics, None
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.truncate(path, start)
+            raise as_write_error(path, error) from error
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as error:
+                raise as_write_error(self.run_dir / "tensorboard", error) from error
 
 
 def _tensorboard_writer(log_dir: Path, records: list[dict[str, Any]]):

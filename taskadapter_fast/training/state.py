@@ -61,8 +61,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save` to `path`, atomically. Through a Python file object: given a path, torch's own writer reports
+    a full disk as "unexpected pos", the OSError (and its errno) lost; this way it is kept for the `WriteError`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def save_state(path: Path, model, optimizer, scheduler, state: TrainState, run: RunConfig) -> None:

@@ -133,3 +133,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
 
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_savefig(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """A Matplotlib figure saved as a PNG at `path` through `atomic_path`: whole or not at all, errors naming it."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)

@@ -84,7 +84,23 @@ WRITERS = {  # the package's writers of checkpoints, training states, and config
     "safetensors": _save_adapters,
     "torch.save": lambda path: atomic_torch_save({"weights": torch.randn(100_000)}, path),
     "text": lambda path: atomic_write_text(path, "x" * 400_000),
+    "png": lambda path: _save_png(path),
 }
+
+
+def _save_png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from taskadapter_fast._atomic import atomic_savefig
+
+    figure = plt.figure()
+    try:
+        atomic_savefig(figure, path)
+    finally:
+        plt.close(figure)
 
 
 @pytest.mark.parametrize("kind", sorted(WRITERS))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_savefig
+
 __all__ = ["plot_nway_curve"]
 
 
@@ -28,6 +30,6 @@ def plot_nway_curve(points: Sequence[dict[str, Any]], path: str | os.PathLike, t
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_savefig(figure, path, dpi=120)
     plt.close(figure)
     return path

@@ -105,8 +105,11 @@ def _train(run_config, output_dir, resume, device, progress) -> dict[str, Any]:
                 _end_epoch(run, epoch)
             _select_last_if_never_validated(run)
             test = _test(run)
-        finally:
-            run.runlog.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
+                run.runlog.close()
+            raise
+        run.runlog.close()
         return _results(run, test)
 
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .._atomic import as_write_error
+from .._atomic import as_write_error, atomic_savefig
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -228,11 +228,11 @@ def write_plots(run_dir: Path) -> list[Path]:
     ax_acc.legend()
     fig.tight_layout()
     written.append(run_dir / "curves.png")
-    fig.savefig(written[-1], dpi=100)
+    atomic_savefig(fig, written[-1], dpi=100)
     plt.close(fig)
 
     fig = val_accuracy_figure(val_rows, chance)
     written.append(run_dir / "val_accuracy.png")
-    fig.savefig(written[-1], dpi=100)
+    atomic_savefig(fig, written[-1], dpi=100)
     plt.close(fig)
     return written

@@ -8,6 +8,7 @@ nothing across containers or hosts sharing a folder).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -47,8 +48,9 @@ class FileLock:
                 self._fd = fd
             else:  # its holder deleted the file on release between our open and flock: lock the new one
                 os.close(fd)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        with contextlib.suppress(OSError):  # only for others' messages (a full disk fails the job's own writes)
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
 
     def release(self) -> None:
         """Delete the lock file and drop the lock (the file first: nobody can lock the old file after it)."""

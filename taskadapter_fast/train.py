@@ -39,7 +39,7 @@ def build_parser(prog: str = "python -m taskadapter_fast.train") -> argparse.Arg
         "--preset", help=f"run preset: {', '.join(preset_names())} (default: demo, unless --config is given)"
     )
     parser.add_argument("--config", metavar="FILE", help="run config file (YAML or JSON; sections model, data, train)")
-    parser.add_argument("--output-dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    parser.add_argument("--output-dir", metavar="DIR", help="run directory (default: runs/<timestamp>-<random suffix>)")
     parser.add_argument(
         "--resume",
         metavar="DIR",

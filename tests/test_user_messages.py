@@ -102,9 +102,10 @@ def test_evaluate_warns_once_in_one_line_about_a_random_backbone(setup):
 
 def test_predict_warns_once_and_a_repeated_corpus_key_is_one_line(setup):
     result = _run("-m", "taskadapter_fast.predict", "--checkpoint", setup["checkpoint"], "--support", setup["support"],
-                  "--corpus", setup["repeated"], "--decoder", "pyav", "--json", setup["queries"][0])  # fmt: skip
+                  "--corpus", setup["repeated"], "--decoder", "pyav", "--json", "--no-progress",
+                  setup["queries"][0])  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["predicted"]
+    assert json.loads(result.stdout.splitlines()[0])["predicted"]  # JSON lines, one per query
     assert "WARNING:root:" not in result.stderr and "UserWarning" not in result.stderr
     lines = _lines(result.stderr)
     assert sum(RANDOM_WEIGHTS in line for line in lines) == 1, lines

@@ -18,6 +18,19 @@ from collections.abc import Sequence
 
 from ..cli import Parser, UsageError, number_at_least, run_cli
 from .splits import FORMATS, PREPARE_QUERY, PREPARE_SHOT, SplitFormatError, prepare
+from .splits_fetch import (
+    DATASETS,
+    DEFAULT_BASE_URLS,
+    MANIFEST_NAME,
+    SOURCES,
+    VIDEO_ROOT_PLACEHOLDER,
+    UnpublishedSplits,
+    corpus_command,
+    fetch_splits,
+    published_pairs,
+    split_paths,
+    train_command,
+)
 
 
 def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.ArgumentParser:
@@ -56,10 +69,13 @@ def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.Argu
         default=PREPARE_QUERY,
         help=f"query videos per class, for the same check (default: {PREPARE_QUERY}, as every preset)",
     )
+    _add_fetch_splits(commands)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "fetch-splits":
+        return _run_fetch_splits(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = prepare(
@@ -77,6 +93,47 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     print(report.format(), file=sys.stderr)
     return 0 if report.rows else 1
+
+
+def _add_fetch_splits(commands) -> None:
+    """The `fetch-splits` subcommand: download the published split lists of a dataset."""
+    command = commands.add_parser(
+        "fetch-splits",
+        help="download the published split lists of a dataset",
+        description="Downloads the train / val / test lists one source published for a dataset, writes them to "
+        f"--out with {MANIFEST_NAME} (URL, sha256, size, time of each), and prints the train command that uses "
+        f"them. Published: {published_pairs()}.",
+    )
+    command.add_argument("--dataset", required=True, choices=DATASETS)
+    command.add_argument(
+        "--source",
+        required=True,
+        choices=SOURCES,
+        help="official: the Task-Adapter++ authors; trx: TRX (tobyperrett/trx); clipfsar: CLIP-FSAR",
+    )
+    command.add_argument("--out", required=True, help="folder to write the lists into")
+    command.add_argument(
+        "--base-url",
+        default=None,
+        help="repository root the published paths start from (default: the source's raw GitHub URL: "
+        + ", ".join(f"{source}: {url}" for source, url in DEFAULT_BASE_URLS.items())
+        + ")",
+    )
+
+
+def _run_fetch_splits(args: argparse.Namespace) -> int:
+    try:
+        split_paths(args.source, args.dataset)
+    except UnpublishedSplits as error:  # a pair of arguments no repository has
+        raise UsageError(str(error)) from None
+    fetched = fetch_splits(args.source, args.dataset, args.out, args.base_url)
+    for split, path in fetched.files.items():
+        print(f"wrote {split} list {path}", file=sys.stderr)
+    print(f"wrote {fetched.manifest} (where each list came from)", file=sys.stderr)
+    print(f"# the sub-action corpus, if you have none yet:\n{corpus_command(fetched)}")
+    print(f"# {VIDEO_ROOT_PLACEHOLDER}: the folder the listed videos or frame folders are under")
+    print(train_command(fetched))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m taskadapter_fast.data") -> int:

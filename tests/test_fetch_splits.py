@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from taskadapter_fast.data import splits_fetch
 from taskadapter_fast.data.__main__ import main
 from taskadapter_fast.data.splits_fetch import PUBLISHED_SPLITS
 from taskadapter_fast.runconfig import resolve_run_config
@@ -169,6 +171,22 @@ def test_a_missing_file_names_its_url_and_writes_nothing(tmp_path, file_server):
     assert "--base-url" in line
     assert not out.exists() or not any(out.iterdir())  # train and val were downloaded, but nothing is written
     assert result.stdout == ""
+
+
+def test_a_server_out_of_reach_is_named_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(splits_fetch, "_BACKOFF_S", 0.0)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    result = _run_main(
+        "fetch-splits", "--dataset", "kinetics", "--source", "trx", "--out", str(tmp_path / "o"), "--base-url", base
+    )
+    assert result.returncode == 1
+    line = _one_line_error(result)
+    url = f"{base}splits/kinetics_CMN/trainlist03.txt"
+    assert line.startswith(f"error: could not download {url}: no answer after 4 attempts: connection error")
+    assert line.count(url) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_unpublished_pair_is_refused_in_one_line(tmp_path):

@@ -127,7 +127,8 @@ def download(url: str) -> bytes:
     try:
         data = with_retries(lambda: _get(url, answered), _MAX_RETRIES, _BACKOFF_S, threading.Event(), url, answered)
     except (Fatal, RequestFailed) as exc:
-        raise FetchError(f"could not download {url}: {exc}; pass --base-url with a reachable copy") from None
+        problem = str(exc).replace(f"cannot reach {url} ", "no answer ")  # the message names the URL once
+        raise FetchError(f"could not download {url}: {problem}; pass --base-url with a reachable copy") from None
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:

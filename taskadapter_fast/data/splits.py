@@ -218,7 +218,7 @@ class SplitNotes:
     remapped: list[tuple[str, str]] = field(default_factory=list)  # (listed, found under the root)
     mapped: list[tuple[str, str]] = field(default_factory=list)  # (listed, found through path_map)
     not_found: list[str] = field(default_factory=list)  # listed absolute paths found nowhere
-    where: str = ""  # where else the not-found paths were looked for (" nor under ROOT by ...")
+    root: str | None = None  # where the listed absolute paths were looked for by their trailing components
 
     def messages(self) -> list[tuple[int, str]]:
         """(log level, message) per kind of note, one line each."""
@@ -241,12 +241,13 @@ class SplitNotes:
                 listed, there = found[0]
                 notes.append((level, f"{self.source}: {len(found)} listed path(s) {how}, e.g. {listed} -> {there}"))
         if self.not_found:
+            where = f" nor under {self.root} by their trailing components" if self.root else ""
             notes.append(
                 (
                     logging.WARNING,
-                    f"{self.source}: {len(self.not_found)} listed absolute path(s) not found as written"
-                    f"{self.where}, e.g. {self.not_found[0]}; "
-                    "map their prefix with data.path_map=OLD:NEW (prepare: --path-map OLD:NEW)",
+                    f"{self.source}: {len(self.not_found)} listed absolute path(s) not found as written{where}, "
+                    f"e.g. {self.not_found[0]}; map their prefix with data.path_map=OLD:NEW "
+                    "(prepare: --path-map OLD:NEW)",
                 )
             )
         return notes
@@ -381,8 +382,7 @@ def _locate(
                 notes.not_found.append(str(entry.candidates[0]))
             found = _resolve(mapped or entry.candidates, index)
         located.append(found)
-    if notes.not_found:
-        notes.where = f" nor under {root} by their trailing components" if root is not None else ""
+    notes.root = str(root) if root is not None else None
     return located
 
 

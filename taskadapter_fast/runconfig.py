@@ -69,6 +69,7 @@ class DataConfig:
     corpus: str | None = None  # sub-action corpus (official YAML or JSON); synthetic: its own corpus
     format: str = "auto"
     class_names: str | None = None  # names file for index-only lists (see data.splits.load_class_names)
+    path_map: str | None = None  # OLD:NEW: listed paths under OLD (another machine's disk) are read under NEW
     decoder: str = "auto"
     n_way: int = 5
     n_shot: int = 1
@@ -86,6 +87,10 @@ class DataConfig:
         _check_min("data.prefetch", self.prefetch, 0)
         if self.image_size is not None:
             _check_min("data.image_size", self.image_size, 1)
+        if self.path_map is not None:
+            old, colon, new = self.path_map.partition(":")
+            if not colon or not old.strip() or not new.strip():
+                raise ValueError(f"data.path_map must be OLD:NEW, got {self.path_map!r}")
         if self.dataset == "splits" and require_splits:
             missing = [f"data.{s}" for s in ("train_split", "val_split", "test_split") if not getattr(self, s)]
             if missing:

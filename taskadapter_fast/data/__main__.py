@@ -51,6 +51,14 @@ def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.Argu
     command.add_argument("--out", required=True, help="the manifest to write (.jsonl)")
     command.add_argument("--format", default="auto", choices=FORMATS, help="split format (default: auto-detect)")
     command.add_argument("--class-names", default=None, help="class names file for index-only split lists")
+    command.add_argument(
+        "--path-map",
+        action="append",
+        default=None,
+        metavar="OLD:NEW",
+        help="read listed paths under OLD under NEW instead (repeatable), for absolute paths of another machine "
+        "that are not found under --root by their trailing components",
+    )
     command.add_argument("--workers", type=int, default=None, help="probing threads (default: 2 x CPUs, at most 8)")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.add_argument(
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             n_shot=args.shot,
             n_query=args.query,
+            path_map=args.path_map,
         )
     except (SplitFormatError, FileNotFoundError, ValueError) as error:  # the split files are the arguments
         raise UsageError(str(error)) from None

@@ -52,7 +52,13 @@ def read_splits(data: DataConfig, splits: Sequence[str] = SPLITS) -> SplitData:
         source = {split: str(getattr(data, f"{split}_split")) for split in splits}
         rows = {
             split: rows_of_split(
-                read_split(source[split], format=data.format, root=data.root, class_names=data.class_names),
+                read_split(
+                    source[split],
+                    format=data.format,
+                    root=data.root,
+                    class_names=data.class_names,
+                    path_map=data.path_map,
+                ),
                 split,
                 source[split],
             )

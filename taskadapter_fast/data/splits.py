@@ -10,7 +10,11 @@ Formats read (`format=`; `"auto"` detects them and every error says which one it
   of JPEG frame folders; the directory's name is the split's name.
 - `"manifest"`: a JSON-lines manifest written by `prepare` (`python -m taskadapter_fast.data prepare`).
 
-Relative paths resolve against `root` (default: the split file's folder). Class names come from
+Relative paths resolve against `root` (default: the split file's folder). Absolute paths written on
+another machine (the official lists name `/mnt/<disk>/<user>/datasets/hmdb51/frames/<video>`) are
+looked up under `root` by their trailing components when they do not exist, or moved by an explicit
+`path_map` ("OLD:NEW" prefixes). Official lines with a frame count of 0 (videos whose frame extraction
+failed) are skipped and reported. Class names come from
 the split itself (a TRX class name, or the parent folder of every video of a class index/label id)
 or from `class_names` for index-only lists. Label ids are per split, 0..C-1: the classes of one
 split ordered by their index in the file (or by name where the file has none); train and test
@@ -198,9 +202,60 @@ class _Parsed:
     class_name: str | None  # class name, where the line has one
     candidates: list[Path] = field(default_factory=list)
     num_frames: int | None = None
+    listed_absolute: bool = False  # the list wrote an absolute path (perhaps of another machine)
 
 
-def _parse_lines(path: Path, format: str, base: Path, class_names, index: _DirIndex) -> tuple[list[_Parsed], str]:
+_SHOWN = 3  # skipped lines and remapping examples shown per split file; the rest are counted
+
+
+@dataclass
+class SplitNotes:
+    """What reading one split file left out or found elsewhere than listed: logged once per file at load
+    time, and reported by `prepare`."""
+
+    source: str
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, text): frame count 0
+    remapped: list[tuple[str, str]] = field(default_factory=list)  # (listed, found under the root)
+    mapped: list[tuple[str, str]] = field(default_factory=list)  # (listed, found through path_map)
+    not_found: list[str] = field(default_factory=list)  # listed absolute paths found nowhere
+    root: str | None = None  # where the listed absolute paths were looked for by their trailing components
+
+    def messages(self) -> list[tuple[int, str]]:
+        """(log level, message) per kind of note, one line each."""
+        notes = []
+        if self.skipped:
+            shown = "; ".join(f"line {number}: {text!r}" for number, text in self.skipped[:_SHOWN])
+            more = f"; ... ({len(self.skipped)} in all)" if len(self.skipped) > _SHOWN else ""
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"{self.source}: {len(self.skipped)} line(s) with a frame count of 0 skipped "
+                    f"(no frames were extracted for them): {shown}{more}",
+                )
+            )
+        for found, how, level in (
+            (self.remapped, "not found as listed; found under the root by their trailing components", logging.WARNING),
+            (self.mapped, "moved by path_map", logging.INFO),
+        ):
+            if found:
+                listed, there = found[0]
+                notes.append((level, f"{self.source}: {len(found)} listed path(s) {how}, e.g. {listed} -> {there}"))
+        if self.not_found:
+            where = f" nor under {self.root} by their trailing components" if self.root else ""
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"{self.source}: {len(self.not_found)} listed absolute path(s) not found as written{where}, "
+                    f"e.g. {self.not_found[0]}; map their prefix with data.path_map=OLD:NEW "
+                    "(prepare: --path-map OLD:NEW)",
+                )
+            )
+        return notes
+
+
+def _parse_lines(
+    path: Path, format: str, base: Path, class_names, index: _DirIndex, notes: SplitNotes
+) -> tuple[list[_Parsed], str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -228,18 +283,27 @@ def _parse_lines(path: Path, format: str, base: Path, class_names, index: _DirIn
             how = f"auto-detected from line {detected_from}" if detected_from else "as requested"
             expected = " or ".join(_LINE_HINTS[name] for name in allowed)
             raise SplitFormatError(f"{path}:{number}: expected {expected} (format {format!r}, {how}), got {line!r}")
-        parsed.append(_parse_line(line, kind, number, base, file_split, class_names, index, path))
+        entry = _parse_line(line, kind, number, base, file_split, class_names, index, path)
+        if entry is None:
+            notes.skipped.append((number, line))
+        else:
+            parsed.append(entry)
     if not parsed:
-        raise SplitFormatError(f"{path}:1: the split file lists no videos")
+        skipped = f" ({len(notes.skipped)} line(s) with a frame count of 0 skipped)" if notes.skipped else ""
+        raise SplitFormatError(f"{path}:1: the split file lists no videos{skipped}")
     return parsed, format
 
 
-def _parse_line(line, kind, number, base, file_split, class_names, index, path) -> _Parsed:
+def _parse_line(line, kind, number, base, file_split, class_names, index, path) -> _Parsed | None:
+    """The line's entry; None for an official line with a frame count of 0 (its frame extraction failed:
+    the authors' HMDB51 lists hold such lines for names with `[` `]`), which the caller reports."""
     if kind == "official":
         folder, num_frames, label = line.rsplit(None, 2)
         if int(num_frames) < 1:
-            raise SplitFormatError(f"{path}:{number}: frame count must be >= 1, got {num_frames} in {line!r}")
-        return _Parsed(number, kind, file_split, int(label), None, [base / folder], int(num_frames))
+            return None
+        return _Parsed(
+            number, kind, file_split, int(label), None, [base / folder], int(num_frames), Path(folder).is_absolute()
+        )
     if kind == "named":
         match = _NAMED.fullmatch(line)
         class_name, video_id = match.group(1).strip(), match.group(2).strip()
@@ -259,11 +323,72 @@ def _parse_line(line, kind, number, base, file_split, class_names, index, path) 
         candidates = [base / rest]
     else:
         candidates = _id_candidates(base, rest) + (_id_candidates(base / name, rest) if name else [])
-    return _Parsed(number, kind, split, class_index, name, candidates)
+    return _Parsed(number, kind, split, class_index, name, candidates, listed_absolute=Path(rest).is_absolute())
 
 
-def _rows_from_parsed(parsed: list[_Parsed], path: Path, index: _DirIndex, class_names) -> list[ManifestRow]:
-    resolved = [_resolve(entry.candidates, index) for entry in parsed]
+def parse_path_map(path_map: str | Sequence[str] | None) -> list[tuple[Path, Path]]:
+    """`"OLD:NEW"` (or several) → [(OLD, NEW)]: a listed path starting with the folders OLD is read under NEW."""
+    if not path_map:
+        return []
+    pairs = []
+    for item in [path_map] if isinstance(path_map, str) else path_map:
+        old, colon, new = item.partition(":")
+        if not colon or not old.strip() or not new.strip():
+            raise ValueError(
+                f"path_map must be OLD:NEW (a listed path prefix and where those files are here), got {item!r}"
+            )
+        pairs.append((Path(old.strip()), Path(new.strip()).absolute()))
+    return pairs
+
+
+def _mapped(candidate: Path, pairs: list[tuple[Path, Path]]) -> Path | None:
+    for old, new in pairs:
+        if candidate.parts[: len(old.parts)] == old.parts:  # whole folder names, not a string prefix
+            return new.joinpath(*candidate.parts[len(old.parts) :])
+    return None
+
+
+def _under_root(listed: Path, root: Path, index: _DirIndex) -> tuple[Path, str] | None:
+    """A listed absolute path looked up under `root` by its trailing components: the name, then
+    `<class>/<name>`, then more, so a copy of the authors' `.../frames/<class>/<video>` tree is found
+    wherever its top folder is."""
+    parts = listed.parts[1:]  # without the anchor
+    for count in range(1, len(parts)):
+        found = index.find(root.joinpath(*parts[-count:]))
+        if found is not None:
+            return found
+    return None
+
+
+def _locate(
+    parsed: list[_Parsed], index: _DirIndex, root: Path | None, pairs: list[tuple[Path, Path]], notes: SplitNotes
+) -> list[tuple[Path, str]]:
+    """(path, kind) of each entry: as listed, else through `pairs`, else (a listed absolute path, with a
+    root given) under the root by its trailing components; else the listed (or mapped) path, reported missing."""
+    located = []
+    for entry in parsed:
+        found = next((hit for candidate in entry.candidates if (hit := index.find(candidate))), None)
+        mapped = [target for candidate in entry.candidates if (target := _mapped(candidate, pairs)) is not None]
+        if found is None and mapped:
+            found = next((hit for target in mapped if (hit := index.find(target))), None)
+            if found is not None:
+                notes.mapped.append((str(entry.candidates[0]), str(found[0])))
+        if found is None and root is not None and entry.listed_absolute:
+            found = _under_root(entry.candidates[0], root, index)
+            if found is not None:
+                notes.remapped.append((str(entry.candidates[0]), str(found[0])))
+        if found is None:
+            if entry.listed_absolute:
+                notes.not_found.append(str(entry.candidates[0]))
+            found = _resolve(mapped or entry.candidates, index)
+        located.append(found)
+    notes.root = str(root) if root is not None else None
+    return located
+
+
+def _rows_from_parsed(
+    parsed: list[_Parsed], resolved: list[tuple[Path, str]], path: Path, class_names
+) -> list[ManifestRow]:
     by_split: dict[str, list[int]] = {}
     for position, entry in enumerate(parsed):
         by_split.setdefault(entry.split, []).append(position)
@@ -416,17 +541,37 @@ def read_split(
     format: str = "auto",
     root: str | os.PathLike | None = None,
     class_names: Sequence[str] | str | os.PathLike | dict | None = None,
+    path_map: str | Sequence[str] | None = None,
 ) -> list[ManifestRow]:
     """Read a split file (or a folder-per-class directory, or a manifest) → manifest rows.
 
-    `root`: where relative video paths start (default: the split file's folder).
+    `root`: where relative video paths start (default: the split file's folder); listed absolute paths
+    that do not exist are looked up under it by their trailing components.
     `class_names`: names for index-only lists (a list, a names file, or JSON; see `load_class_names`).
-    Rows whose video is not on disk are still returned (`prepare` reports them all).
+    `path_map`: "OLD:NEW" (or several): listed paths under OLD are read under NEW.
+    Rows whose video is not on disk are still returned (`prepare` reports them all); official lines with
+    a frame count of 0 are left out. Both, and any remapping, are logged once per file.
     Raises `SplitFormatError` (a ValueError) naming `file:line` and the format assumed.
     """
+    rows, notes = read_split_with_notes(path, format, root, class_names, path_map)
+    for level, message in notes.messages():
+        logger.log(level, "%s", message)
+    return rows
+
+
+def read_split_with_notes(
+    path: str | os.PathLike,
+    format: str = "auto",
+    root: str | os.PathLike | None = None,
+    class_names: Sequence[str] | str | os.PathLike | dict | None = None,
+    path_map: str | Sequence[str] | None = None,
+) -> tuple[list[ManifestRow], SplitNotes]:
+    """`read_split`, with what it skipped or remapped returned instead of logged."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    pairs = parse_path_map(path_map)
     path = Path(path)
+    notes = SplitNotes(str(path))
     if not path.exists():
         raise FileNotFoundError(f"split file not found: {path}")
     if format == "auto":
@@ -436,16 +581,17 @@ def read_split(
     if format == "folder":
         if not path.is_dir():
             raise SplitFormatError(f"{path}: format 'folder' needs a directory with a folder per class")
-        return _read_folder(path)
+        return _read_folder(path), notes
     if path.is_dir():
         raise SplitFormatError(f"{path}: is a directory; format {format!r} needs a split file")
     if format == "manifest":
-        return read_manifest(path, root)
+        return read_manifest(path, root), notes
     names = load_class_names(class_names)
     base = Path(root) if root is not None else path.parent
     index = _DirIndex()
-    parsed, _ = _parse_lines(path, format, base.absolute(), names, index)
-    return _without_repeats(_rows_from_parsed(parsed, path, index, names), path)
+    parsed, _ = _parse_lines(path, format, base.absolute(), names, index, notes)
+    resolved = _locate(parsed, index, Path(root).absolute() if root is not None else None, pairs, notes)
+    return _without_repeats(_rows_from_parsed(parsed, resolved, path, names), path), notes
 
 
 def _without_repeats(rows: list[ManifestRow], path: Path) -> list[ManifestRow]:
@@ -495,6 +641,7 @@ class PrepareReport:
     shared_classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     # (split, split) -> the video paths both list
     shared_videos: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    notes: list[SplitNotes] = field(default_factory=list)  # per split file: lines skipped, paths remapped
 
     @property
     def ok(self) -> bool:
@@ -502,14 +649,17 @@ class PrepareReport:
 
     def format(self) -> str:
         total = len(self.rows) + len(self.missing) + len(self.unreadable)
+        skipped = sum(len(notes.skipped) for notes in self.notes)
         lines = [
             f"prepare: {total} videos listed, {len(self.rows)} written to {self.out}; "
             f"{len(self.missing)} missing, {len(self.unreadable)} unreadable"
+            + (f"; {skipped} line(s) skipped (frame count 0)" if skipped else "")
         ]
         if self.count_mismatches:
             lines.append(
                 f"  {self.count_mismatches} frame counts differ from the split file (the probed count is kept)"
             )
+        lines += [f"  {message}" for notes in self.notes for _, message in notes.messages()]
         for title, problems in (("missing", self.missing), ("unreadable", self.unreadable)):
             if problems:
                 lines.append(f"{title} ({len(problems)}):")
@@ -629,16 +779,21 @@ def prepare(
     progress: bool = True,
     n_shot: int = PREPARE_SHOT,
     n_query: int = PREPARE_QUERY,
+    path_map: str | Sequence[str] | None = None,
 ) -> PrepareReport:
     """Read split files, probe every video's frame count once, write the readable ones to `out`.
 
     Missing and unreadable videos do not stop the run: they are all collected in the report, with the
     classes left with fewer than `n_shot + n_query` usable videos and the classes or videos that two
-    splits share.
+    splits share; so are the lines skipped (frame count 0) and the listed paths found elsewhere or nowhere.
     """
     from tqdm.auto import tqdm
 
-    rows = [row for split_file in split_files for row in read_split(split_file, format, root, class_names)]
+    rows, notes = [], []
+    for split_file in split_files:
+        file_rows, file_notes = read_split_with_notes(split_file, format, root, class_names, path_map)
+        rows += file_rows
+        notes.append(file_notes)
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     good: list[ManifestRow] = []
     missing: list[tuple[ManifestRow, str]] = []
@@ -662,5 +817,5 @@ def prepare(
     shared_classes, shared_videos = _shared_between_splits(rows)
     small = _small_classes(rows, good, n_shot + n_query)
     return PrepareReport(
-        written, good, missing, unreadable, mismatches, n_shot, n_query, small, shared_classes, shared_videos
+        written, good, missing, unreadable, mismatches, n_shot, n_query, small, shared_classes, shared_videos, notes
     )

@@ -3,6 +3,8 @@ training run's overrides. Test modules import from here, never from each other."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -65,3 +67,24 @@ def read_adapters(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+# ------------------------------------------------------------------------------------------ split files
+def make_frame_folder(path, num_frames: int) -> None:
+    path.mkdir(parents=True)
+    for number in range(1, num_frames + 1):
+        (path / f"img_{number:05d}.jpg").write_bytes(b"")  # read_split and prepare only count names
+
+
+def write_lines(path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def run_prepare(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "taskadapter_fast.data", "prepare", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

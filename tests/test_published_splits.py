@@ -12,7 +12,7 @@ import logging
 import os
 
 import pytest
-from test_splits import make_frame_folder, run_prepare, write_lines
+from helpers import make_frame_folder, run_prepare, write_lines
 
 from taskadapter_fast.data import read_split
 from taskadapter_fast.data.setup import read_splits

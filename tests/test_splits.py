@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import av
 import numpy as np
 import pytest
+from helpers import make_frame_folder, run_prepare, write_lines
 
 from taskadapter_fast.data import read_split
 from taskadapter_fast.data.splits import (
@@ -33,17 +32,6 @@ def write_webm(path, num_frames: int = 5) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def make_frame_folder(path, num_frames: int) -> None:
-    path.mkdir(parents=True)
-    for number in range(1, num_frames + 1):
-        (path / f"img_{number:05d}.jpg").write_bytes(b"")  # read_split and prepare only count names
-
-
-def write_lines(path, lines) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def summary(rows):
@@ -297,15 +285,6 @@ def test_frame_folders_named_like_videos_stay_frame_folders(tmp_path):
     make_frame_folder(tmp_path / "clap" / "v_2.avi", 9)
     rows = read_split(tmp_path, format="folder")
     assert [(r.class_name, r.kind) for r in rows] == [("brush_hair", "frames"), ("clap", "frames")]
-
-
-def run_prepare(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "taskadapter_fast.data", "prepare", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_prepare_probes_frame_counts_and_reports_every_missing_video(tmp_path):

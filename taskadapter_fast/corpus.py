@@ -73,7 +73,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "fetch",
         help="download the authors' published corpus file for a dataset",
         description="Downloads the corpus file the Task-Adapter++ authors published for a dataset. "
-        + SSV2_FULL_WARNING.replace("warning: ", "Note: "),
+        + SSV2_FULL_WARNING.replace("warning: ", "Note: ").format(out="FILE"),
     )
     get.add_argument("--dataset", required=True, choices=sorted(PUBLISHED_FILES))
     get.add_argument("--out", help="where to write it (default: the published file name in the current folder)")

@@ -29,8 +29,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate",
         help="ask an OpenAI-compatible chat endpoint for three stages per label",
-        description=f'Asks "{INSTRUCTION}" for every label; answers are cached in <out>.cache.jsonl, so an '
-        "interrupted run resumes and a second run asks nothing it already has.",
+        description=f'Asks "{INSTRUCTION}" for every label; answers are cached in <out>.cache.jsonl '
+        "(<into>.cache.jsonl with --into), so an interrupted run resumes and a second run asks nothing it already "
+        "has. With --into, only the classes the existing corpus lacks are asked for.",
     )
     gen.add_argument(
         "--labels",

@@ -1,20 +1,23 @@
 """`python -m taskadapter_fast.corpus {generate,fetch}`: make a sub-action corpus file.
 
-`generate` asks an OpenAI-compatible chat endpoint for each label of a labels file (cached per label,
-resumable; the work is in `data.corpus_generate`); `fetch` downloads the authors' published file for a
+`generate` asks an OpenAI-compatible chat endpoint for each label of a labels file or split file (cached
+per label, resumable; with `--into`, only for the classes an existing corpus lacks; the work is in
+`data.corpus_generate`); `fetch` downloads the authors' published file for a
 dataset (`data.corpus_fetch`). The file format itself is in `data.corpus`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import Parser, number_at_least, run_cli
 from .data.corpus_fetch import DEFAULT_FETCH_URL, PUBLISHED_FILES, SSV2_FULL_WARNING, fetch_corpus
-from .data.corpus_generate import INSTRUCTION, cache_path, generate_corpus_file
+from .data.corpus_generate import INSTRUCTION, cache_path, fill_corpus_gaps, generate_corpus_file
+from .data.splits import SplitFormatError, detect_format, read_split
 
 PROG = "python -m taskadapter_fast.corpus"
 
@@ -26,11 +29,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate",
         help="ask an OpenAI-compatible chat endpoint for three stages per label",
-        description=f'Asks "{INSTRUCTION}" for every label; answers are cached in <out>.cache.jsonl, so an '
-        "interrupted run resumes and a second run asks nothing it already has.",
+        description=f'Asks "{INSTRUCTION}" for every label; answers are cached in <out>.cache.jsonl '
+        "(<into>.cache.jsonl with --into), so an interrupted run resumes and a second run asks nothing it already "
+        "has. With --into, only the classes the existing corpus lacks are asked for.",
     )
-    gen.add_argument("--labels", required=True, help="text file with one class label per line")
-    gen.add_argument("--out", required=True, help="corpus file to write (official YAML; JSON when it ends in .json)")
+    gen.add_argument(
+        "--labels",
+        required=True,
+        nargs="+",
+        metavar="SPLIT_OR_NAMES",
+        help="where the class labels come from, one or more files: a split file (any format the splits read: a "
+        "folder per class, a manifest, or a list whose first entry reads as a split line, such as "
+        "'<frame folder> <num frames> <label id>', '<class>/<id>' or 'train0//<path>'; its class names are used) "
+        "or a labels file (any other text file: one class label per line, e.g. a .txt of bare names)",
+    )
+    gen.add_argument(
+        "--class-names",
+        help="class names for a split file that lists only class indices or label ids (a names file or JSON)",
+    )
+    target = gen.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="corpus file to write (official YAML; JSON when it ends in .json)")
+    target.add_argument(
+        "--into",
+        metavar="EXISTING",
+        help="an existing corpus file: ask only for the labels it lacks (matched as the model's lookup matches "
+        "them) and add them to it atomically, its own entries left as they are",
+    )
     gen.add_argument(
         "--base-url",
         default="https://api.openai.com/v1",
@@ -73,7 +97,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "fetch",
         help="download the authors' published corpus file for a dataset",
         description="Downloads the corpus file the Task-Adapter++ authors published for a dataset. "
-        + SSV2_FULL_WARNING.replace("warning: ", "Note: "),
+        + SSV2_FULL_WARNING.replace("warning: ", "Note: ").format(out="FILE"),
     )
     get.add_argument("--dataset", required=True, choices=sorted(PUBLISHED_FILES))
     get.add_argument("--out", help="where to write it (default: the published file name in the current folder)")
@@ -85,11 +109,29 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def read_labels(path: str) -> list[str]:
-    """The labels of a labels file: one per line, blank lines and repeats left out, in file order."""
+def read_labels(path: str, class_names: str | None = None) -> list[str]:
+    """The labels of a labels file (one per line) or the class names of a split file, each once, in file order.
+
+    A folder, or a file whose first entry `detect_format` reads as a split line, is a split file; anything
+    else is a labels file.
+    """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"labels file {path!r} does not exist")
+    try:
+        detect_format(file)
+    except SplitFormatError:
+        return _read_labels_file(file, path)
+    rows = sorted(read_split(file, class_names=class_names), key=lambda row: (row.split, row.label))
+    labels = list(dict.fromkeys(row.class_name for row in rows))
+    if all(re.fullmatch(r"(train|val|test)?\d+", label) for label in labels):  # read_split's stand-ins
+        raise ValueError(
+            f"split file {path!r} gives class ids, not class names ({labels[0]!r}, ...); pass --class-names"
+        )
+    return labels
+
+
+def _read_labels_file(file: Path, path: str) -> list[str]:
     try:
         lines = file.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
@@ -105,18 +147,22 @@ def run(args: argparse.Namespace) -> int:
         corpus, url, out = fetch_corpus(args.dataset, args.out, args.base_url)
         print(f"wrote {len(corpus)} classes from {url} to {out}")
         return 0
-    labels = read_labels(args.labels)
-    corpus = generate_corpus_file(
-        labels,
-        args.out,
-        args.base_url,
-        args.model,
-        args.api_key_env,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        concurrency=args.concurrency,
-        backoff=args.backoff,
-    )
+    labels = list(dict.fromkeys(label for path in args.labels for label in read_labels(path, args.class_names)))
+    options = {
+        "max_retries": args.max_retries,
+        "timeout": args.timeout,
+        "concurrency": args.concurrency,
+        "backoff": args.backoff,
+    }
+    if args.into:
+        added = fill_corpus_gaps(labels, args.into, args.base_url, args.model, args.api_key_env, **options)
+        if not added:
+            print(f"{args.into} already has all {len(labels)} classes; nothing asked, the file is unchanged")
+        else:
+            done = added.summary(args.into).replace("wrote", "added", 1)
+            print(f"{done}; the other {len(labels) - len(added)} of the {len(labels)} classes were in it")
+        return 0
+    corpus = generate_corpus_file(labels, args.out, args.base_url, args.model, args.api_key_env, **options)
     print(corpus.summary(args.out))
     return 0
 
@@ -125,7 +171,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     interrupted = "interrupted"
     if args.command == "generate":
-        interrupted = f"interrupted; finished labels are kept in {cache_path(args.out)}, run again to resume"
+        cache = cache_path(args.into or args.out)
+        interrupted = f"interrupted; finished labels are kept in {cache}, run again to resume"
     return run_cli(args, run, interrupted)
 
 

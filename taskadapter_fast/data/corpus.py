@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -359,11 +360,23 @@ def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequenc
         ):
             if items:
                 sections.append(f"{title}:\n" + "\n".join(f"  - {item}" for item in items))
+        if missing:
+            sections.append(_fill_gaps_hint(getattr(corpus, "path", None)))
         raise ValueError(
             f"{source} does not fit {len(class_names)} class names ({len(corpus)} entries in the corpus); "
             + "\n".join(sections)
         )
     return resolved
+
+
+def _fill_gaps_hint(path: str | None) -> str:
+    """The command that adds missing classes to the corpus file at `path` (a placeholder when it has none)."""
+    into = shlex.quote(str(path)) if path else "CORPUS_FILE"
+    return (
+        f"add the missing classes with: python -m taskadapter_fast.corpus generate --labels SPLIT_FILE --into {into} "
+        "(SPLIT_FILE: the split file or a file of class names, one a line; only the missing classes are asked "
+        "of the chat endpoint, see --base-url and --model)"
+    )
 
 
 def validate_corpus(corpus: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> None:

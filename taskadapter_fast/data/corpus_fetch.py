@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import shlex
 import sys
 import urllib.error
 import urllib.parse
@@ -21,10 +22,9 @@ PUBLISHED_FILES = {
     "ucf101": "classes_ucf101.yml",
 }
 SSV2_FULL_WARNING = (
-    "warning: the authors' SSv2-Full (OTAM) corpus file classes_somethingotam.yml is a byte copy of their "
-    "SSv2-Small (CMN) file, although the two class sets differ, so most SSv2-Full classes have no description "
-    "in it (or the wrong one); make a corpus for the SSv2-Full classes with "
-    "`python -m taskadapter_fast.corpus generate --labels FILE --out FILE ...`"
+    "warning: classes_somethingotam.yml does not cover the SSv2-Full (OTAM) split: the authors' file is a byte "
+    "copy of their SSv2-Small (CMN) corpus, so the SSv2-Full classes that are not SSv2-Small classes have no "
+    "entry; add them with `python -m taskadapter_fast.corpus generate --labels SPLIT_FILE --into {out}`"
 )
 _FETCH_TIMEOUT_S = 60.0
 
@@ -44,8 +44,9 @@ def fetch_corpus(dataset: str, out: str | None = None, base_url: str = DEFAULT_F
     if dataset not in PUBLISHED_FILES:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(PUBLISHED_FILES)}")
     filename = PUBLISHED_FILES[dataset]
-    if dataset == "ssv2_full":
-        print(SSV2_FULL_WARNING, file=sys.stderr)
+    out_path = Path(out) if out else Path(filename)
+    if dataset == "ssv2_full":  # said on every fetch, before the download, so a failed one says it too
+        print(SSV2_FULL_WARNING.format(out=shlex.quote(str(out_path))), file=sys.stderr)
     url = base_url.rstrip("/") + "/" + filename
     advice = (
         "pass --base-url with a reachable copy, or make the corpus with `python -m taskadapter_fast.corpus generate`"
@@ -66,7 +67,6 @@ def fetch_corpus(dataset: str, out: str | None = None, base_url: str = DEFAULT_F
     corpus, labels, note = parse_corpus_text(text, url, json_format=url.lower().endswith(".json"))
     if note:
         print(f"note: {note}", file=sys.stderr)
-    out_path = Path(out) if out else Path(filename)
     if out_path.suffix.lower() == ".json":
         save_corpus(corpus, out_path, labels)
     else:

@@ -3,12 +3,14 @@
 `generate_corpus` asks the paper's question (`INSTRUCTION`) for every label, reads the three stages out
 of each answer (`parse_stages`) and retries what fails (`http_retry`). Answers are appended to a cache
 file (`<out>.cache.jsonl` next to the corpus file) as they arrive, so an interrupted run resumes and a
-second run asks nothing it already has. `generate_corpus_file` also writes the corpus file.
+second run asks nothing it already has. `generate_corpus_file` also writes the corpus file;
+`fill_corpus_gaps` asks only for the classes an existing corpus file lacks and adds them to it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -20,7 +22,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import STAGES_PER_CLASS, save_corpus
+from .._atomic import atomic_write_bytes
+from .corpus import (
+    STAGES_PER_CLASS,
+    _corpus_text,
+    compact_class_name,
+    load_corpus,
+    normalize_class_name,
+    parse_corpus_text,
+    save_corpus,
+)
 from .http_retry import (
     Fatal,
     RequestFailed,
@@ -32,6 +43,8 @@ from .http_retry import (
     short,
     with_retries,
 )
+
+log = logging.getLogger(__name__)
 
 # The paper's instruction (docs/method.md §4.1); {label} is the class label as written in the labels file.
 INSTRUCTION = "Given an action label {label}, describe three stages of the action."
@@ -461,3 +474,89 @@ def generate_corpus_file(
         raise GenerationError.summary(error.corpus, error.failed, error.fatal, error.total, saved_to=out) from None
     save_corpus(corpus, out)
     return corpus
+
+
+# ---------------------------------------------------------------------------------- filling a corpus's gaps
+
+
+def lacking_classes(corpus: Mapping[str, object], names: Iterable[str]) -> list[str]:
+    """The names (in order, each once) that `resolve_subactions` finds no entry for in `corpus`: not a key,
+    nor a key's `normalize_class_name`, nor its `compact_class_name`."""
+    keys = {normalize_class_name(str(key)) for key in corpus}
+    compact_keys = {compact_class_name(str(key)) for key in corpus}
+    return [
+        name
+        for name in dict.fromkeys(names)
+        if name not in corpus
+        and normalize_class_name(name) not in keys
+        and compact_class_name(name) not in compact_keys
+    ]
+
+
+def _appended(existing: bytes, added: Mapping[str, list[str]], json_format: bool) -> bytes:
+    """`existing` (a corpus file's bytes) with the `added` entries after its own, its own bytes kept as they are."""
+    text = existing.decode("utf-8-sig")
+    newline = "\r\n" if "\r\n" in text else "\n"
+    if json_format:  # the entries go before the closing brace, flat lists where the file has them
+        flat = isinstance(next(iter(json.loads(text).values())), list)
+        entries = {name: stages if flat else {"label": name, "sub_act_en_li": stages} for name, stages in added.items()}
+        inner = json.dumps(entries, ensure_ascii=False, indent=2)[1:-1].strip("\n").replace("\n", newline)
+        end = text.rstrip().rfind("}")
+        text = text[:end].rstrip() + "," + newline + inner + newline + text[end:]
+    else:  # YAML: new blocks after the last one, a blank line between, as the official files have
+        ending = "" if text.endswith("\n") else newline
+        text += ending + newline + _corpus_text(added, {}, json_format=False).replace("\n", newline)
+    bom = b"\xef\xbb\xbf" if existing.startswith(b"\xef\xbb\xbf") else b""
+    return bom + text.encode("utf-8")
+
+
+def add_to_corpus_file(path: str | os.PathLike, added: Mapping[str, list[str]]) -> None:
+    """Adds the `added` entries to the corpus file `path`, atomically; its own entries stay as they are.
+
+    The file's bytes are kept and the new entries written after them; where its layout does not allow
+    that (checked by reading the result back), it is rewritten whole with the same keys, labels and stages.
+    """
+    path = Path(path)
+    json_format = path.suffix.lower() == ".json"
+    existing = path.read_bytes()
+    corpus, labels, _ = parse_corpus_text(existing.decode("utf-8-sig"), str(path), json_format)
+    expected = {**corpus, **{name: list(stages) for name, stages in added.items()}}
+    try:
+        data = _appended(existing, added, json_format)
+        reread, reread_labels, _ = parse_corpus_text(data.decode("utf-8-sig"), str(path), json_format)
+        kept = list(reread.items()) == list(expected.items()) and all(
+            reread_labels[name] == labels.get(name, name) for name in corpus
+        )
+    except (ValueError, StopIteration, AttributeError):  # a layout the new entries cannot simply follow
+        kept = False
+    if kept:
+        atomic_write_bytes(path, data, fsync=True)
+        return
+    log.warning("%s: its layout does not take entries appended; rewritten whole (same keys, labels, stages)", path)
+    save_corpus(expected, path, labels)
+
+
+def fill_corpus_gaps(
+    labels: Iterable[str], into: str | os.PathLike, base_url: str, model: str, api_key_env: str, **options
+) -> GeneratedCorpus:
+    """Asks the endpoint only for the `labels` the corpus file `into` lacks (`lacking_classes`) and adds them to it.
+
+    Returns the entries added (none when the corpus already has every label: nothing is asked and the
+    file is left alone). The answer cache is `cache_path(into)`. When labels failed, the ones that got
+    stages are still added, and the GenerationError says so. options: as for `generate_corpus_file`.
+    """
+    into = Path(into)
+    if not into.is_file():
+        raise FileNotFoundError(f"--into {str(into)!r} is not an existing corpus file (use --out to make a new one)")
+    todo = lacking_classes(load_corpus(into), labels)
+    if not todo:
+        return GeneratedCorpus()
+    try:
+        added = generate_corpus(todo, base_url, model, api_key_env, cache=cache_path(into), **options)
+    except GenerationError as error:
+        if not error.corpus:
+            raise
+        add_to_corpus_file(into, error.corpus)
+        raise GenerationError.summary(error.corpus, error.failed, error.fatal, error.total, saved_to=into) from None
+    add_to_corpus_file(into, added)
+    return added

@@ -171,3 +171,20 @@ def test_prepare_takes_the_same_string_on_the_command_line(tmp_path):
     assert [row["class_name"] for row in rows] == HMDB_TEST
     bad = subprocess.run([*command, "--class-names", "official:hmdb"], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "choose one of official:hmdb51" in bad.stderr
+
+
+def test_an_order_is_refused_on_lists_it_does_not_number(tmp_path):
+    index_list = tmp_path / "test_few_shot.txt"
+    index_list.write_text("test0/88644\ntest3/1234\n")
+    with pytest.raises(ValueError, match=r"'official:ssv2_small' does not number .* use 'clipfsar:<dataset>'"):
+        read_split(index_list, root=tmp_path, class_names="official:ssv2_small")
+    official = tmp_path / "test.txt"
+    write_official(official, [41, 42])
+    with pytest.raises(ValueError, match=r"'clipfsar:hmdb51' does not number .* use 'official:<dataset>'"):
+        read_split(official, root=tmp_path, class_names="clipfsar:hmdb51")
+    named = tmp_path / "testlist03.txt"  # TRX lists name their classes: an order given anyway is unused
+    named.write_text("fencing/a\nkick/b\n")
+    assert [row.class_name for row in read_split(named, root=tmp_path, class_names="official:hmdb51")] == [
+        "fencing",
+        "kick",
+    ]

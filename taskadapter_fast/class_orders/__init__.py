@@ -37,6 +37,14 @@ _NOT_SHIPPED = {
 }
 
 
+class GlobalOrder(list):
+    """One published order for all splits (the official lists' global label ids index it); remembers its name."""
+
+    def __init__(self, spec: str, names: list[str]) -> None:
+        super().__init__(names)
+        self.spec = spec
+
+
 class PublishedOrder(dict):
     """{split: [names]} of a published per-split order; remembers its name to say which splits it lacks."""
 
@@ -70,8 +78,8 @@ def _read(stem: str) -> list[str] | None:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def load(spec: str) -> list[str] | PublishedOrder:
-    """The order `spec` (`"<source>:<dataset>"`) names: a list (one global order) or a `PublishedOrder`."""
+def load(spec: str) -> GlobalOrder | PublishedOrder:
+    """The order `spec` (`"<source>:<dataset>"`) names: a `GlobalOrder` (a list) or a `PublishedOrder` (per split)."""
     source, _, dataset = spec.partition(":")
     key = (source.strip().lower(), dataset.strip().lower())
     if key in _NOT_SHIPPED:
@@ -84,6 +92,25 @@ def load(spec: str) -> list[str] | PublishedOrder:
     stem = _SHIPPED[key]
     whole = _read(stem)
     if whole is not None:
-        return whole
+        return GlobalOrder(f"{key[0]}:{key[1]}", whole)
     orders = {split: names for split in SPLITS if (names := _read(f"{stem}_{split}")) is not None}
     return PublishedOrder(f"{key[0]}:{key[1]}", orders)
+
+
+def check_fits(order, line_kind: str, where: str) -> None:
+    """Refuse a shipped order on lists it does not number: the official order indexes global label ids
+    (`<folder> <frames> <id>` lines), a per-split order indexes `<split><index>` lines. Other values pass, and
+    so do lists that name their classes (`named` lines), which use no order."""
+    if line_kind == "named":
+        return
+    official_lines = line_kind == "official"
+    if isinstance(order, GlobalOrder) and not official_lines:
+        wanted = "'clipfsar:<dataset>' (or 'trx:ssv2_full')"
+    elif isinstance(order, PublishedOrder) and official_lines:
+        wanted = "'official:<dataset>'"
+    else:
+        return
+    raise ValueError(
+        f"{where}: class_names {order.spec!r} does not number this list's classes (its lines are "
+        f"{'official label ids' if official_lines else 'per-split class indices'}); use {wanted}"
+    )

@@ -267,7 +267,8 @@ def _parse_line(line, kind, number, base, file_split, class_names, index, path) 
 
 
 def _rows_from_parsed(parsed: list[_Parsed], path: Path, index: _DirIndex, class_names) -> list[ManifestRow]:
-    class_orders.check_fits(class_names, parsed[0].kind, str(path))
+    if parsed:
+        class_orders.check_fits(class_names, parsed[0].kind, str(path))
     resolved = [_resolve(entry.candidates, index) for entry in parsed]
     by_split: dict[str, list[int]] = {}
     for position, entry in enumerate(parsed):

@@ -73,7 +73,7 @@ packages.append("taskadapter_fast.kernels")
 setup(
     packages=packages,
     package_dir={"taskadapter_fast.kernels": "kernels"},
-    package_data={"taskadapter_fast": ["presets/*.yaml", "clip_configs/*.json"]},
+    package_data={"taskadapter_fast": ["presets/*.yaml", "clip_configs/*.json", "class_orders/*.txt"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

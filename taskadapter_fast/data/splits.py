@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .. import class_orders
 from .._atomic import atomic_path
 from .corpus import normalize_class_name
 from .decode import VIDEO_EXTENSIONS, VideoDecodeError, count_frame_files, probe_video
@@ -105,11 +106,14 @@ def _split_from_name(path: Path) -> str:
 
 
 def load_class_names(class_names) -> list[str] | dict[str, list[str]] | None:
-    """`class_names` as given to `read_split`: a list, or a file (one name a line, or JSON: a list,
-    {split: [names]}, or {name: index} as SSv2's labels.json)."""
+    """`class_names` as given to `read_split`: a list, a shipped published order by name
+    (`"<source>:<dataset>"`, e.g. `"official:hmdb51"`; see `taskadapter_fast.class_orders`), or a file
+    (one name a line, or JSON: a list, {split: [names]}, or {name: index} as SSv2's labels.json)."""
     if class_names is None or isinstance(class_names, list | tuple | dict):
         return class_names if not isinstance(class_names, tuple) else list(class_names)
     path = Path(class_names)
+    if not path.is_file() and class_orders.is_spec(str(class_names)):
+        return class_orders.load(str(class_names))
     if not path.is_file():
         raise FileNotFoundError(f"class names file not found: {path}")
     text = path.read_text(encoding="utf-8-sig")
@@ -389,6 +393,8 @@ def _locate(
 def _rows_from_parsed(
     parsed: list[_Parsed], resolved: list[tuple[Path, str]], path: Path, class_names
 ) -> list[ManifestRow]:
+    if parsed:
+        class_orders.check_fits(class_names, parsed[0].kind, str(path))
     by_split: dict[str, list[int]] = {}
     for position, entry in enumerate(parsed):
         by_split.setdefault(entry.split, []).append(position)
@@ -409,6 +415,8 @@ def _rows_from_parsed(
         # SSv2 index lists name flat files (`<id>.webm`): their folders say nothing about the class.
         from_folders = None if parsed[positions[0]].kind == "indexed" else _consistent_parent_names(parents)
         if names is None and from_folders is None:
+            if isinstance(class_names, class_orders.PublishedOrder):  # a shipped order chosen, but not for this split
+                raise SplitFormatError(f"{path}: {class_names.missing(split)}")
             logger.warning(
                 "%s: no class names given and the video folders do not name the classes; using %s",
                 path,

@@ -4,7 +4,10 @@ TRITON_INTERPRET is read when a kernel is decorated, so it must be set before tr
 imported (torch.compile imports it too): here, before any test module is collected.
 """
 
+import functools
+import http.server
 import os
+import threading
 
 import pytest
 import torch
@@ -38,3 +41,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # commands' stderr is checked line by line
+        pass
+
+
+@pytest.fixture()
+def file_server(tmp_path):
+    """Serves tmp_path/site over HTTP on 127.0.0.1; yields (site folder, base URL, no trailing slash)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield site, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -88,3 +88,18 @@ def run_prepare(*args):
         text=True,
         timeout=120,
     )
+
+
+def run_main(main, *args: str):
+    """A command's `main(args)` in this process -> (returncode, stdout, stderr), argparse's exits included."""
+    import contextlib
+    import io
+    import types
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            returncode = main(list(args))
+        except SystemExit as exc:  # argparse
+            returncode = exc.code
+    return types.SimpleNamespace(returncode=returncode, stdout=stdout.getvalue(), stderr=stderr.getvalue())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import http.server
 import io
 import json
@@ -187,21 +186,6 @@ def chat_server():
     yield start
     for server in servers:
         server.close()
-
-
-@pytest.fixture()
-def file_server(tmp_path):
-    """Serves tmp_path/site over HTTP on 127.0.0.1; yields (site folder, base URL)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield site, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _generate(tmp_path, server, labels, *extra, out="corpus.yml", env=None, run=_run_cli):

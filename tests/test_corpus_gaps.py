@@ -7,10 +7,8 @@ written by the tests in the published layouts.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
-import io
 import json
 import os
 import re
@@ -23,6 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 from taskadapter_fast.corpus import main
 from taskadapter_fast.data import load_corpus, resolve_subactions
@@ -95,20 +94,9 @@ def chat():
         server.close()
 
 
-def _run(*args: str):
-    """`python -m taskadapter_fast.corpus ARGS` in this process; (returncode, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse
-            code = exc.code
-    return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
-
-
 def _into(labels, corpus: Path, server, *extra: str):
-    return _run("generate", "--labels", *map(str, labels), "--into", str(corpus), "--base-url", server.base_url,
-                "--backoff", "0.001", "--max-retries", "1", *extra)  # fmt: skip
+    return run_main(main, "generate", "--labels", *map(str, labels), "--into", str(corpus),
+                    "--base-url", server.base_url, "--backoff", "0.001", "--max-retries", "1", *extra)  # fmt: skip
 
 
 def _one_line_error(result) -> str:
@@ -259,7 +247,7 @@ def test_the_lookup_error_says_the_command_that_fills_the_gap(tmp_path, chat):
     labels.write_text("\n".join(classes) + "\n")
     server = chat()
     args = [str(labels) if arg == "SPLIT_FILE" else arg for arg in args[4:]]
-    result = _run("generate", *args, "--base-url", server.base_url)
+    result = run_main(main, "generate", *args, "--base-url", server.base_url)
     assert result.returncode == 0, result.stderr
     assert server.asked == ["trimming or shaving beard"]
     assert len(load_corpus_for(True, corpus, [classes])) == 4

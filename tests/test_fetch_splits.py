@@ -5,23 +5,18 @@ The server runs on 127.0.0.1 and serves copies this file writes in each reposito
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import functools
 import hashlib
-import http.server
-import io
 import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
-import threading
-import types
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 from taskadapter_fast.data import splits_fetch
 from taskadapter_fast.data.__main__ import main
@@ -53,35 +48,6 @@ def _serve(site: Path, source: str, dataset: str, lines: dict[str, str], skip: s
     return paths
 
 
-@pytest.fixture()
-def file_server(tmp_path):
-    """Serves tmp_path/site over HTTP on 127.0.0.1; yields (site folder, base URL ending in /)."""
-    site = tmp_path / "site"
-    site.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # the command's stderr is checked line by line
-            pass
-
-    handler = functools.partial(Quiet, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield site, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _run_main(*args: str):
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            returncode = main(list(args))
-        except SystemExit as exc:  # argparse
-            returncode = exc.code
-    return types.SimpleNamespace(returncode=returncode, stdout=stdout.getvalue(), stderr=stderr.getvalue())
-
-
 def _one_line_error(result) -> str:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -99,12 +65,14 @@ def _train_words(stdout: str) -> list[str]:
     [("official", "hmdb51", _OFFICIAL), ("trx", "hmdb51", _TRX), ("clipfsar", "ssv2_full", _CLIPFSAR_SSV2)],
 )
 def test_fetch_writes_the_lists_a_manifest_and_the_train_command(tmp_path, file_server, source, dataset, lines):
-    site, base = file_server
+    site, base = file_server[0], file_server[1] + "/"
     published = _serve(site, source, dataset, lines)
     out = tmp_path / "splits" / f"{source}-{dataset}"
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
-    result = _run_main("fetch-splits", "--dataset", dataset, "--source", source, "--out", str(out), "--base-url", base)
+    result = run_main(
+        main, "fetch-splits", "--dataset", dataset, "--source", source, "--out", str(out), "--base-url", base
+    )
     assert result.returncode == 0, result.stderr
 
     manifest = json.loads((out / "sources.json").read_text())
@@ -135,7 +103,7 @@ def test_fetch_writes_the_lists_a_manifest_and_the_train_command(tmp_path, file_
 
 
 def test_fetch_through_the_real_command_line(tmp_path, file_server):
-    site, base = file_server
+    site, base = file_server[0], file_server[1] + "/"
     lists = {
         "train": "Pouring something into something/51958\n",
         "val": "Holding something/103723\n",
@@ -159,11 +127,11 @@ def test_fetch_through_the_real_command_line(tmp_path, file_server):
 
 
 def test_a_missing_file_names_its_url_and_writes_nothing(tmp_path, file_server):
-    site, base = file_server
+    site, base = file_server[0], file_server[1] + "/"
     published = _serve(site, "clipfsar", "hmdb51", _TRX, skip="test")
     out = tmp_path / "out"
-    result = _run_main(
-        "fetch-splits", "--dataset", "hmdb51", "--source", "clipfsar", "--out", str(out), "--base-url", base
+    result = run_main(
+        main, "fetch-splits", "--dataset", "hmdb51", "--source", "clipfsar", "--out", str(out), "--base-url", base
     )
     assert result.returncode == 1
     line = _one_line_error(result)
@@ -178,8 +146,17 @@ def test_a_server_out_of_reach_is_named_once(tmp_path, monkeypatch):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    result = _run_main(
-        "fetch-splits", "--dataset", "kinetics", "--source", "trx", "--out", str(tmp_path / "o"), "--base-url", base
+    result = run_main(
+        main,
+        "fetch-splits",
+        "--dataset",
+        "kinetics",
+        "--source",
+        "trx",
+        "--out",
+        str(tmp_path / "o"),
+        "--base-url",
+        base,
     )
     assert result.returncode == 1
     line = _one_line_error(result)
@@ -190,7 +167,7 @@ def test_a_server_out_of_reach_is_named_once(tmp_path, monkeypatch):
 
 
 def test_an_unpublished_pair_is_refused_in_one_line(tmp_path):
-    result = _run_main("fetch-splits", "--dataset", "ucf101", "--source", "official", "--out", str(tmp_path / "o"))
+    result = run_main(main, "fetch-splits", "--dataset", "ucf101", "--source", "official", "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     line = _one_line_error(result)
     assert "no split lists published for --source official --dataset ucf101" in line

@@ -16,11 +16,7 @@ from pathlib import Path
 
 
 class LockHeld(RuntimeError):
-    """Another process holds the lock (`holder`: its process id and host, as it wrote them)."""
-
-    def __init__(self, message: str, holder: str):
-        super().__init__(message)
-        self.holder = holder
+    """Another process holds the lock (the message names it: its process id and host, as it wrote them)."""
 
 
 class FileLock:
@@ -40,7 +36,7 @@ class FileLock:
             except BlockingIOError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise LockHeld(f"{what or self.path} is in use by {holder} (lock file {self.path})", holder) from None
+                raise LockHeld(f"{what or self.path} is in use by {holder} (lock file {self.path})") from None
             except BaseException:
                 os.close(fd)
                 raise

@@ -116,8 +116,6 @@ def load_model(
 
     if checkpoint is None and preset is None:
         raise ValueError("load_model needs a checkpoint or a preset")
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     # A backbone without pretrained weights (the tiny demo model) is a random draw that adapter checkpoints
     # do not store: draw it from the seed the training run used, so evaluation sees the same backbone.
     train_section = (stored or {}).get("train") or {}

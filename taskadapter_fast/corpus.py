@@ -16,7 +16,15 @@ from pathlib import Path
 
 from .cli import Parser, number_at_least, run_cli
 from .data.corpus_fetch import DEFAULT_FETCH_URL, PUBLISHED_FILES, SSV2_FULL_WARNING, fetch_corpus
-from .data.corpus_generate import INSTRUCTION, cache_path, fill_corpus_gaps, generate_corpus_file
+from .data.corpus_generate import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    INSTRUCTION,
+    cache_path,
+    fill_corpus_gaps,
+    generate_corpus_file,
+)
 from .data.splits import SplitFormatError, detect_format, read_split
 
 PROG = "python -m taskadapter_fast.corpus"
@@ -57,15 +65,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--base-url",
-        default="https://api.openai.com/v1",
+        default=DEFAULT_BASE_URL,
         help="endpoint base URL, without /chat/completions (default: %(default)s)",
     )
     gen.add_argument(
-        "--model", default="gpt-4", help="model name sent to the endpoint (default: %(default)s, as in the paper)"
+        "--model", default=DEFAULT_MODEL, help="model name sent to the endpoint (default: %(default)s, as in the paper)"
     )
     gen.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
+        default=DEFAULT_API_KEY_ENV,
         help="environment variable holding the API key, needed unless the URL is loopback (default: %(default)s)",
     )
     gen.add_argument(

@@ -175,8 +175,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     }
     if args.split:
         flags[f"{args.subset}_split"] = args.split
-        flags.setdefault("dataset", None)
-        flags["dataset"] = flags["dataset"] or "splits"
+        flags["dataset"] = args.dataset or "splits"
     data_overrides.update({key: value for key, value in flags.items() if value is not None})
     data = data_settings(stored, data_overrides)
     train_section = (stored or {}).get("train") or {}

@@ -284,10 +284,11 @@ def _joined(decoded: Iterable[tuple[torch.Tensor | None, dict[int, str]]], batch
 
 def _result(path: str, class_names: list[str], scores: torch.Tensor, logit_scale: float) -> dict[str, Any]:
     """One query's result: the predicted class, and every class's score and probability (softmax(scale * score))."""
-    probabilities = torch.softmax(logit_scale * scores.float()[None], dim=1)[0]
+    scores = scores.float().cpu()  # one copy off the device; the rest is computed from it
+    probabilities = torch.softmax(logit_scale * scores[None], dim=1)[0]
     return {
         "query": path,
         "predicted": class_names[int(scores.argmax())],
-        "scores": dict(zip(class_names, scores.float().cpu().tolist(), strict=True)),
-        "probabilities": dict(zip(class_names, probabilities.cpu().tolist(), strict=True)),
+        "scores": dict(zip(class_names, scores.tolist(), strict=True)),
+        "probabilities": dict(zip(class_names, probabilities.tolist(), strict=True)),
     }

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
+from .data.corpus_generate import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL
 from .inference import check_queries, classify, support_rows
 
 
@@ -51,30 +52,20 @@ def format_result(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Human-readable predictions: per query the predicted class, then every class by score."""
-    return "\n".join(format_result(result) for result in results)
-
-
 # ------------------------------------------------------------------------------------------------ corpus
 def generate_corpus(class_names: Sequence[str], out: str | os.PathLike, base_url: str, model: str, api_key_env: str):
     """Generate (or complete) a sub-action corpus for `class_names` at `out`; returns it.
 
     Its progress and status lines go to stderr, so stdout stays the predictions.
     """
-    from .data.corpus import load_corpus, resolve_subactions
-    from .data.corpus_generate import GenerationError, generate_corpus_file
+    from .data.corpus import load_corpus
+    from .data.corpus_generate import GenerationError, fill_corpus_gaps, generate_corpus_file
 
     out = Path(out)
-    if out.is_file():
-        corpus = load_corpus(out)
-        try:
-            resolve_subactions(corpus, list(class_names))
-            return corpus  # already covers every class: nothing to ask
-        except ValueError:
-            pass
+    # An existing corpus is completed in place (its entries kept; nothing asked when it covers every class).
+    write = fill_corpus_gaps if out.is_file() else generate_corpus_file
     try:
-        corpus = generate_corpus_file(class_names, out, base_url, model, api_key_env)
+        corpus = write(class_names, out, base_url, model, api_key_env)
     except GenerationError as error:
         if not error.failed or error.fatal:  # bad settings, or the endpoint refused or is out of reach
             raise RuntimeError(f"--generate-corpus: {error}") from None
@@ -111,9 +102,11 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
     parser.add_argument(
         "--generate-corpus", action="store_true", help="ask a chat endpoint for the classes' sub-actions"
     )
-    parser.add_argument("--base-url", default="https://api.openai.com/v1", help="chat endpoint for --generate-corpus")
-    parser.add_argument("--llm-model", default="gpt-4", help="model name for --generate-corpus (default: gpt-4)")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's API key")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="chat endpoint for --generate-corpus")
+    parser.add_argument(
+        "--llm-model", default=DEFAULT_MODEL, help="model name for --generate-corpus (default: %(default)s)"
+    )
+    parser.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV, help="variable holding the endpoint's API key")
     parser.add_argument(
         "--transductive",
         action="store_true",

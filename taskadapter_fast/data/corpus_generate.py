@@ -47,6 +47,10 @@ from .http_retry import (
 log = logging.getLogger(__name__)
 
 # The paper's instruction (docs/method.md §4.1); {label} is the class label as written in the labels file.
+# Where and whom `corpus generate` and `predict --generate-corpus` ask by default (the paper used GPT-4).
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4"
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 INSTRUCTION = "Given an action label {label}, describe three stages of the action."
 FORMAT_HINT = (
     "You describe actions for a video dataset. Answer with exactly three lines, one short sentence "
@@ -243,7 +247,7 @@ def _chat_settings(base_url: str, model: str, api_key_env: str, timeout: float, 
     """Checks the endpoint settings (GenerationError naming the flag) and reads the API key."""
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise GenerationError(f"--base-url {base_url!r} is not an http(s) URL such as https://api.openai.com/v1")
+        raise GenerationError(f"--base-url {base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
     url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
     api_key = os.environ.get(api_key_env) or None
     if api_key is None and not is_loopback(base_url):

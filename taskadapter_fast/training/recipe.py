@@ -47,7 +47,6 @@ from ..runconfig import RunConfig, TrainConfig
 from .distributed import (
     DistInfo,
     barrier,
-    broadcast,
     broadcast_parameters,
     episode_indices,
     init_distributed,
@@ -56,7 +55,7 @@ from .distributed import (
 from .preflight import preflight
 from .run_dir import RESULTS_FILE, TEST_EPISODES_FILE, open_run_dir, write_config
 from .runlog import RunLog, write_plots
-from .state import TrainState, apply_state, load_state, save_state
+from .state import TrainState, apply_state, save_state
 from .steps import (
     RunData,
     amp_context,
@@ -131,6 +130,7 @@ class Run:
     steps_per_epoch: int  # optimizer steps
     progress: bool
     session_start: float  # time.perf_counter() when this call of train() started
+    saved_state: dict[str, Any] | None = None  # a resumed run's state.pt payload, until it is applied
     state: TrainState = field(default_factory=TrainState)
     runlog: RunLog = field(default_factory=lambda: RunLog(None))
     forward: Any = None  # the model, or its torch.compile'd version
@@ -192,7 +192,7 @@ def _build(run_config, output_dir, resume, device, progress, held: contextlib.Ex
     checked (`preflight`) before the run directory is first written."""
     session_start = time.perf_counter()
     dist_info = init_distributed(None if device is None else str(device))
-    config, run_dir, resuming, lock = open_run_dir(run_config, output_dir, resume, dist_info)
+    config, run_dir, resuming, saved, lock = open_run_dir(run_config, output_dir, resume, dist_info)
     if lock is not None:
         if not resuming:  # a new run that fails before its first write leaves no folder behind (after the lock goes)
             held.callback(_remove_if_empty, run_dir)
@@ -235,6 +235,7 @@ def _build(run_config, output_dir, resume, device, progress, held: contextlib.Ex
         steps_per_epoch=steps_per_epoch,
         progress=progress,
         session_start=session_start,
+        saved_state=saved,
     )
 
 
@@ -266,8 +267,8 @@ def _start_or_resume(run: Run) -> None:
 
             save_adapters(run.model, run.run_dir / "untrained.safetensors", {**run.metadata, "episode": "0"})
         return
-    payload = broadcast(load_state(run.run_dir) if dist_info.is_main else None, dist_info)
-    state = apply_state(payload, run.model, run.optimizer, run.scheduler)
+    state = apply_state(run.saved_state, run.model, run.optimizer, run.scheduler)
+    run.saved_state = None  # applied: its tensors need not stay in memory
     if state.world != dist_info.world and state.episode % run.per_step:
         raise ValueError(
             f"--resume: the run was saved at episode {state.episode} by {state.world} rank(s); "
@@ -301,7 +302,7 @@ def _train_epoch(run: Run, epoch: int) -> None:
     )
     indices = episode_indices(state.episode, epoch_stop, tcfg.accumulate, run.dist_info)
     window: list[tuple[float, float]] = []  # (loss, accuracy) of the steps since the last metrics record
-    epoch_stats: list[float] = []
+    accuracy_sum, steps = 0.0, 0  # the epoch's running mean accuracy, for the progress bar
     tick = time.perf_counter()
     stream: Iterator = run.loaders["train"].imap(run.loaders["train"].episode, indices)
     try:
@@ -324,9 +325,9 @@ def _train_epoch(run: Run, epoch: int) -> None:
             state.episode += per_step
             state.step += 1
             window.append((loss, accuracy))
-            epoch_stats.append(accuracy)
+            accuracy_sum, steps = accuracy_sum + accuracy, steps + 1
             bar.update(per_step)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{sum(epoch_stats) / len(epoch_stats):.1f}%", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy_sum / steps:.1f}%", refresh=False)
             if state.episode // tcfg.log_every > before // tcfg.log_every or state.episode == epoch_stop:
                 now = time.perf_counter()
                 _record_window(run, epoch, window, lr, now - tick)

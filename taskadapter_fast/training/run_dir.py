@@ -9,6 +9,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .._atomic import atomic_write_text
 from .._lock import FileLock, LockHeld
@@ -37,19 +38,21 @@ def default_output_dir() -> Path:
 
 def prepare_run_dir(
     run_config: RunConfig | None, output_dir: str | os.PathLike | None, resume: str | os.PathLike | None
-) -> tuple[RunConfig, Path, bool]:
-    """(run config, run directory, resuming): a new run's config and directory, or a saved run's config."""
+) -> tuple[RunConfig, Path, bool, dict[str, Any] | None]:
+    """(run config, run directory, resuming, saved state): a new run's config and directory (no state), or a
+    saved run's config and its state (`state.pt`, read once here)."""
     if resume is not None:
         run_dir = Path(resume)
         if output_dir is not None and Path(output_dir).absolute() != run_dir.absolute():
             raise ValueError(f"--resume {resume} continues that run directory; --output-dir {output_dir} differs")
-        return resumed_config(run_dir, run_config), run_dir, True
+        config, saved = resumed_config(run_dir, run_config)
+        return config, run_dir, True, saved
     if run_config is None:
         raise ValueError("train() needs a run config (or resume=RUN_DIR)")
-    run_dir = Path(output_dir) if output_dir is not None else default_output_dir()
+    run_dir = Path(output_dir)  # open_run_dir has named the default folder
     if (run_dir / STATE_FILE).exists() or (run_dir / RESULTS_FILE).exists():
         raise ValueError(f"--output-dir {run_dir} already holds a training run; use --resume {run_dir} or another dir")
-    return run_config, run_dir, False
+    return run_config, run_dir, False, None
 
 
 def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -60,12 +63,14 @@ def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
     return resolve_run_config(tree=load_config_file(config_file), overrides=overrides)
 
 
-def resumed_config(run_dir: Path, given: RunConfig | None) -> RunConfig:
+def resumed_config(run_dir: Path, given: RunConfig | None) -> tuple[RunConfig, dict[str, Any]]:
     """The config a resumed run continues with: the one stored in its state (what it has been computing), with
     the runtime-only settings (`RUNTIME_KEYS`) of `given`, else of `config.yaml`. Any other difference, in
-    `given` or in a hand-edited `config.yaml`, is refused naming the keys; a runtime-only change is said."""
+    `given` or in a hand-edited `config.yaml`, is refused naming the keys; a runtime-only change is said.
+    Returns it with the run's state (`load_state`, read once here for the run to resume from)."""
     on_disk = read_run_config(run_dir)
-    stored = run_config_from_json(load_state(run_dir)["run_config"])
+    saved = load_state(run_dir)
+    stored = run_config_from_json(saved["run_config"])
     where = f"--resume {run_dir}:"
     started = f"the run's own config (in {STATE_FILE})"
     refuse_fixed_keys(changed_keys(stored, on_disk), f"{where} {CONFIG_FILE} differs from {started} in")
@@ -76,7 +81,7 @@ def resumed_config(run_dir: Path, given: RunConfig | None) -> RunConfig:
     if changes:
         said = ", ".join(f"{key} {_setting(stored, key)} -> {_setting(config, key)}" for key in changes)
         print(f"{where} {said} (runtime-only: the run computes the same)", file=sys.stderr)
-    return config
+    return config, saved
 
 
 def _setting(config: RunConfig, key: str):
@@ -90,10 +95,10 @@ def open_run_dir(
     output_dir: str | os.PathLike | None,
     resume: str | os.PathLike | None,
     dist_info: DistInfo,
-) -> tuple[RunConfig, Path, bool, FileLock | None]:
+) -> tuple[RunConfig, Path, bool, dict[str, Any] | None, FileLock | None]:
     """`prepare_run_dir` on rank 0 (it alone writes the directory), its answer or its error on every rank.
 
-    Rank 0 also takes the run directory's lock, which it holds for the whole run: the fourth value, to be
+    Rank 0 also takes the run directory's lock, which it holds for the whole run: the last value, to be
     released when the run ends (None on the other ranks). A directory another process writes is refused.
     """
     if output_dir is None and resume is None:
@@ -114,7 +119,7 @@ def open_run_dir(
 
 def _prepare_locked(
     run_config: RunConfig | None, output_dir: str | os.PathLike | None, resume: str | os.PathLike | None
-) -> tuple[tuple[RunConfig, Path, bool], FileLock | None]:
+) -> tuple[tuple[RunConfig, Path, bool, dict[str, Any] | None], FileLock | None]:
     """`prepare_run_dir` checked under the run directory's lock (taken first, so no other process can start
     writing between the checks and this run), and the lock, held."""
     run_dir = Path(resume if resume is not None else output_dir)
@@ -131,9 +136,8 @@ def _prepare_locked(
 
 
 def write_config(run: RunConfig, run_dir: Path, resuming: bool, dist_info: DistInfo) -> None:
-    """Create the run directory and write the resolved run config into it (rank 0). A resumed run's file is
-    rewritten only when a runtime-only setting changed (`resumed_config`)."""
+    """Write the resolved run config into the run directory (rank 0; `open_run_dir` made the folder). A resumed
+    run's file is rewritten only when a runtime-only setting changed (`resumed_config`)."""
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming or read_run_config(run_dir).to_dict() != run.to_dict():
             atomic_write_text(run_dir / CONFIG_FILE, run.to_yaml())

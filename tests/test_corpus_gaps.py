@@ -7,7 +7,6 @@ written by the tests in the published layouts.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import json
 import os
@@ -253,30 +252,32 @@ def test_the_lookup_error_says_the_command_that_fills_the_gap(tmp_path, chat):
     assert len(load_corpus_for(True, corpus, [classes])) == 4
 
 
-def test_fetch_ssv2_full_says_in_one_line_that_the_file_misses_the_split(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
+def test_fetch_ssv2_full_says_in_one_line_that_the_file_misses_the_split(tmp_path, file_server):
+    site, base = file_server
     (site / "classes_somethingotam.yml").write_text(_official_yaml([("Pushing something", _stages("push"))]))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    try:
-        for url in (base, f"{base}/gone"):  # a fetch that succeeds, and one that fails, both say it
-            result = subprocess.run(
-                [sys.executable, "-m", "taskadapter_fast.corpus", "fetch", "--dataset", "ssv2_full",
-                 "--base-url", url, "--out", str(tmp_path / "ssv2 full.yml")],
-                capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
-            )  # fmt: skip
-            warnings = [line for line in result.stderr.splitlines() if "SSv2-Full" in line]
-            assert len(warnings) == 1, result.stderr
-            assert warnings[0].startswith(
-                "warning: classes_somethingotam.yml does not cover the SSv2-Full (OTAM) split"
-            )
-            assert f"--into {shlex.quote(str(tmp_path / 'ssv2 full.yml'))}" in warnings[0]
-        assert result.returncode == 1 and "HTTP 404" in result.stderr
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    for url in (base, f"{base}/gone"):  # a fetch that succeeds, and one that fails, both say it
+        result = subprocess.run(
+            [sys.executable, "-m", "taskadapter_fast.corpus", "fetch", "--dataset", "ssv2_full",
+             "--base-url", url, "--out", str(tmp_path / "ssv2 full.yml")],
+            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        warnings = [line for line in result.stderr.splitlines() if "SSv2-Full" in line]
+        assert len(warnings) == 1, result.stderr
+        assert warnings[0].startswith("warning: classes_somethingotam.yml does not cover the SSv2-Full (OTAM) split")
+        assert f"--into {shlex.quote(str(tmp_path / 'ssv2 full.yml'))}" in warnings[0]
+    assert result.returncode == 1 and "HTTP 404" in result.stderr
+
+
+def test_predict_generate_corpus_completes_an_existing_corpus_and_keeps_its_entries(chat, tmp_path, capsys):
+    from taskadapter_fast.predict import generate_corpus
+
+    server = chat()
+    corpus = tmp_path / "mine.yml"
+    corpus.write_text(
+        _official_yaml([("hand written", ["Mine one.", "Mine two.", "Mine three."]), ("clap", _stages("clap"))])
+    )
+    got = generate_corpus(["clap", "jump"], corpus, server.base_url, "model", "NO_KEY_NEEDED_ON_LOOPBACK")
+    assert server.asked == ["jump"]  # only the class the corpus lacks
+    assert load_corpus(corpus)["hand written"] == ["Mine one.", "Mine two.", "Mine three."]  # not another user's loss
+    assert got["jump"] == _stages("jump") and got["clap"] == _stages("clap")

@@ -319,6 +319,9 @@ def test_inductive_mode(test_rows, corpus):
     transductive = evaluate(model, loader, ids, corpus, progress=False, keep_scores=True)
     inductive = evaluate(model, loader, ids, corpus, inductive=True, progress=False, keep_scores=True)
     assert inductive.inductive and not transductive.inductive
+    direct = evaluate(model, loader, ids, corpus, inductive=True, cache=False, progress=False, keep_scores=True)
+    for cached_scores, direct_scores in zip(inductive.scores, direct.scores, strict=True):  # both feature sources
+        torch.testing.assert_close(direct_scores, cached_scores, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(transductive.scores[0], inductive.scores[0], atol=1e-4)
 
     # With nothing that looks across queries (no Task-MSA, per-video alignment) both modes agree.

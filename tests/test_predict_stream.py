@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 
 import av
 import numpy as np
@@ -64,16 +67,22 @@ def setup(tmp_path_factory):
 
 def run_streaming(setup, count: int) -> tuple[list[dict], int, bool]:
     """`predict --json` on `count` queries in a fresh process -> (its JSON lines, its peak RSS in KiB, whether the
-    first line was out while the process was still running)."""
+    first line came out alone: when it was read, the pipe held less than half of the other lines' bytes, so the
+    rest had not been written yet)."""
     command = [sys.executable, "-c", PEAK_RSS, *setup["base"], *[setup["query"]] * count]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
-        first = process.stdout.readline()
-        early = process.poll() is None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        fd = process.stdout.fileno()
+        first = b""
+        while not first.endswith(b"\n") and (byte := os.read(fd, 1)):  # unbuffered: the rest stays in the pipe
+            first += byte
+        pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         rest, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    peak = int(err.strip().splitlines()[-1].removeprefix("peak_rss_kib="))
-    return [json.loads(line) for line in [first, *rest.splitlines()] if line.strip()], peak, early
+    assert process.returncode == 0, err.decode()
+    peak = int(err.decode().strip().splitlines()[-1].removeprefix("peak_rss_kib="))
+    lines = [first.decode(), *rest.decode().splitlines()]
+    early = pending < len(rest) / 2  # `rest` holds every byte after the first line, the pending ones too
+    return [json.loads(line) for line in lines if line.strip()], peak, early
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_queries(setup):

@@ -37,6 +37,8 @@ _EXPORTS = {
     "load_corpus": "api",
     "save_adapters": "checkpoint",
     "load_adapters": "checkpoint",
+    "explain": "explanation",
+    "Explanation": "explanation",
 }
 _SUBMODULES = ("data", "ops", "model", "config", "checkpoint")
 

@@ -215,6 +215,21 @@ def test_per_video_alignment_never_mixes_queries():
     assert (cross(changed)[1:] - cross(feats)[1:]).abs().max() > 1e-6
 
 
+def test_per_video_alignment_adds_the_query_frame():
+    # eq. (15): F̄_i = softmax(F_i F_{i+1}^T) F_{i+1} + F_i; with a single key the softmax weight is 1, so
+    # F̄_i = F_{i+1} + F_i within a video (the official residual F_{i+1} would give 2 F_{i+1}).
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(3, T, 16, generator=gen, dtype=torch.float64)
+    aligned = CrossModalAlignment(16, "cross_attention", mode="per_video").double()(feats)
+    torch.testing.assert_close(aligned, feats[:, 1:] + feats[:, :-1], rtol=0, atol=0)
+    normed = CrossModalAlignment(16, "cross_attention", mode="per_video", layernorm=True).double()
+    ln = normed.ln_1
+    torch.testing.assert_close(normed(feats), ln(feats[:, 1:]) + feats[:, :-1])
+    twice = CrossModalAlignment(16, "cross_attention", layers=2, mode="per_video").double()(feats)
+    once = feats[:, 1:] + feats[:, :-1]
+    torch.testing.assert_close(twice, once[:, 1:] + once[:, :-1])
+
+
 # --------------------------------------------------------------------------------- gradients, training
 def test_gradcheck_adapted_block_float64():
     model = randomize_adapters(tiny(), scale=0.2).double()

@@ -26,7 +26,9 @@ class CrossModalAlignment(nn.Module):
     cross_attention (official, cross_query): F̄_i = softmax(F_i F_{i+1}^T / sqrt(E)) F_{i+1} + F_{i+1}, the
     attention running across the M query videos at each time step (no learnable weights; `layernorm`
     adds a learnable LayerNorm on the attention output, the SSv2-Full preset). per_video: frame i attends
-    to frame i+1 of its own video only. Each of `layers` applications shortens the sequence by one.
+    to frame i+1 of its own video only, and the residual is the query frame, as eq. (15) writes it:
+    F̄_i = F_{i+1} + F_i (LN(F_{i+1}) + F_i with the LayerNorm). Each of `layers` applications shortens the
+    sequence by one.
     conv1d: a learnable Conv1d(E, E, kernel 3) over time plus the centre frames (T' = T - 2).
     none: F̄ = F.
     """
@@ -52,21 +54,29 @@ class CrossModalAlignment(nn.Module):
             nxt = feats[:, 1:].transpose(0, 1)  # [T-1, M, E] frame i+1 of every query
             if self.mode == "cross_query":
                 attn = torch.softmax(cur @ nxt.transpose(1, 2) / math.sqrt(cur.shape[-1]), dim=-1)  # [T-1, M, M]
-                out = attn @ nxt
-            else:  # a single key: the softmax weight is 1
-                out = nxt
+                out, residual = attn @ nxt, nxt  # the official residual: the key frame
+            else:  # a single key: the softmax weight is 1; eq. (15)'s residual: the query frame
+                out, residual = nxt, cur
             if self.ln_1 is not None:
                 out = self.ln_1(out)
-            feats = (out + nxt).transpose(0, 1)  # [M, T-1, E]
+            feats = (out + residual).transpose(0, 1)  # [M, T-1, E]
         return feats
 
 
-def semantic_score(aligned: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Ṗ[q, c] = mean over stages s of mean over i in s of cos(F̄_i[q], F_T[c, s]).
+def stage_scores(aligned: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The stage table of eqs. (16)-(17): [S, M, C], entry [s, q, c] = mean over i in stage s of
+    cos(F̄_i[q], F_T[c, s]).
 
-    aligned: [M, T', E]; text: [C, S, E] (S text features per class). Returns [M, C].
+    aligned: [M, T', E]; text: [C, S, E] (S text features per class).
     """
     sims = cosine_matrix(aligned.unsqueeze(0), text.transpose(0, 1).unsqueeze(1))  # [S, M, T', C]
     bounds = stage_bounds(aligned.shape[1], text.shape[1])
-    per_stage = [sims[s, :, lo : hi + 1].mean(dim=1) for s, (lo, hi) in enumerate(bounds)]  # each [M, C]
-    return torch.stack(per_stage).mean(dim=0)
+    return torch.stack([sims[s, :, lo : hi + 1].mean(dim=1) for s, (lo, hi) in enumerate(bounds)])
+
+
+def semantic_score(aligned: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Ṗ[q, c] = mean over stages s of mean over i in s of cos(F̄_i[q], F_T[c, s]): the stage table's mean.
+
+    aligned: [M, T', E]; text: [C, S, E] (S text features per class). Returns [M, C].
+    """
+    return stage_scores(aligned, text).mean(dim=0)

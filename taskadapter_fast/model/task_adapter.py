@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .alignment import CrossModalAlignment, semantic_score
+from .alignment import CrossModalAlignment, stage_scores
 from .backbone import build_clip, get_tokenizer
 from .metrics import build_metric
 from .text import OrderAdaptedText, build_prompts
@@ -28,6 +29,16 @@ OFFICIAL_COMPAT_NOTE = (
 
 def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+class ScoreParts(NamedTuple):
+    """The scores [M, C] and what they are made of (docs/method.md §3, §5, §6); None where config.score skips it."""
+
+    scores: torch.Tensor  # P ⊙ Ṗ (or P, or Ṗ alone)
+    visual: torch.Tensor | None  # P [M, C]
+    semantic: torch.Tensor | None = None  # Ṗ [M, C]
+    stages: torch.Tensor | None = None  # the stage table [S, M, C]; its mean over stages is Ṗ
+    aligned: torch.Tensor | None = None  # F̄ [M, T', E]
 
 
 class TaskAdapterPP(nn.Module):
@@ -104,9 +115,14 @@ class TaskAdapterPP(nn.Module):
         return self.config.impl
 
     # ----------------------------------------------------------------------------------------- encoders
-    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
-        """videos: [V, T, 3, S, S] normalised frames of ONE set (Task-MSA runs across its V videos) -> [V, T, E]."""
+    def encode_videos(self, videos: torch.Tensor, record=None) -> torch.Tensor:
+        """videos: [V, T, 3, S, S] normalised frames of ONE set (Task-MSA runs across its V videos) -> [V, T, E].
+
+        record: reads the adapted blocks' attention inputs (`TaskAdaptedVisual.encode_suffix`; `taf.explain`).
+        """
         tokens = self.visual.encode_prefix(self.clip.visual, videos, impl=self.impl)
+        if record is not None:
+            return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl, record=record)
         return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl)
 
     def encode_video_prefix(self, videos: torch.Tensor) -> torch.Tensor:
@@ -117,30 +133,42 @@ class TaskAdapterPP(nn.Module):
         """tokens [V, T, N, D] of one set from `encode_video_prefix` -> features [V, T, E]."""
         return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl)
 
-    @torch.compiler.disable  # Python string work (prompts, BPE): nothing for torch.compile to trace
-    def tokenize_classes(self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None):
-        """-> (token ids [C*P, 77] on the model's device, P prompts per class)."""
+    def class_prompts(
+        self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None, sub_actions: str | None = None
+    ) -> tuple[list[str], int]:
+        """-> (the C*P text prompts, class-major, P per class). sub_actions: the config's mode unless given."""
         class_names = [str(n) for n in class_names]
         if not class_names:
             raise ValueError("class_names is empty")
-        if self.config.sub_actions == "none":
+        mode = self.config.sub_actions if sub_actions is None else sub_actions
+        if mode == "none":
             stages: list[list[str]] = [[] for _ in class_names]
         else:
             if corpus is None:
-                raise ValueError(f"sub_actions={self.config.sub_actions!r} needs a sub-action corpus, got None")
+                raise ValueError(f"sub_actions={mode!r} needs a sub-action corpus, got None")
             from ..data.corpus import resolve_subactions
 
             stages = resolve_subactions(corpus, class_names)
-        prompts, per_class = build_prompts(
-            class_names, stages, self.config.sub_actions, self.config.prompt_template, self.config.label_prompt_template
-        )
+        return build_prompts(class_names, stages, mode, self.config.prompt_template, self.config.label_prompt_template)
+
+    @torch.compiler.disable  # Python string work (prompts, BPE): nothing for torch.compile to trace
+    def tokenize_classes(
+        self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None, sub_actions: str | None = None
+    ):
+        """-> (token ids [C*P, 77] on the model's device, P prompts per class)."""
+        prompts, per_class = self.class_prompts(class_names, corpus, sub_actions)
         return self.tokenizer(prompts).to(self.device), per_class
 
-    def encode_classes(self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None) -> torch.Tensor:
-        """-> text features [C, S, E]: S = 3 sub-action stages (1 for the none/concat/average ablations)."""
-        tokens, per_class = self.tokenize_classes(class_names, corpus)
+    def encode_classes(
+        self, class_names: Sequence[str], corpus: Mapping[str, Sequence[str]] | None, sub_actions: str | None = None
+    ) -> torch.Tensor:
+        """-> text features [C, S, E]: S = 3 sub-action stages (1 for the none/concat/average ablations).
+
+        sub_actions: the config's mode unless given ("none": the static label prompt, `taf.explain`).
+        """
+        tokens, per_class = self.tokenize_classes(class_names, corpus, sub_actions)
         feats = self.text(self.clip, tokens, per_class, impl=self.impl)  # [C, P, E]
-        if self.config.sub_actions == "average":
+        if (self.config.sub_actions if sub_actions is None else sub_actions) == "average":
             feats = feats.mean(dim=1, keepdim=True)
         return feats
 
@@ -160,6 +188,17 @@ class TaskAdapterPP(nn.Module):
         Runs in float32 (at least) with autocast off: these tensors are tiny, and bf16 cosines (spacing
         2^-9 near 0.4, 0.125 after the x64 logit scale) would tie and flip predictions.
         """
+        return self.score_parts(support_feats, support_labels, query_feats, text_feats, num_classes).scores
+
+    def score_parts(
+        self,
+        support_feats: torch.Tensor,
+        support_labels: torch.Tensor,
+        query_feats: torch.Tensor,
+        text_feats: torch.Tensor | None,
+        num_classes: int,
+    ) -> ScoreParts:
+        """`scores_from_features` with the parts the scores are made of (`ScoreParts`), from the same computation."""
         with torch.autocast(support_feats.device.type, enabled=False):
             return self._scores(
                 _at_least_fp32(support_feats),
@@ -169,25 +208,27 @@ class TaskAdapterPP(nn.Module):
                 num_classes,
             )
 
-    def _scores(self, support_feats, support_labels, query_feats, text_feats, num_classes: int) -> torch.Tensor:
+    def _scores(self, support_feats, support_labels, query_feats, text_feats, num_classes: int) -> ScoreParts:
         grouped = group_support(support_feats, support_labels, num_classes)  # [C, K, T, E]
         if self.config.score == "text":
             video = None
         else:
             video = self.metric(grouped, query_feats)  # P [M, C]
         if self.config.score == "video":
-            return video
-        semantic = semantic_score(self.alignment(query_feats), text_feats)  # Ṗ [M, C]
+            return ScoreParts(video, video)
+        aligned = self.alignment(query_feats)  # F̄ [M, T', E]
+        stages = stage_scores(aligned, text_feats)  # [S, M, C]
+        semantic = stages.mean(dim=0)  # Ṗ [M, C] (= semantic_score)
         if self.config.score == "text":
-            return semantic
+            return ScoreParts(semantic, None, semantic, stages, aligned)
         if self.config.official_compat:
             if semantic.shape[0] != semantic.shape[1]:
                 raise ValueError(
                     f"official_compat needs as many queries as classes (Q = 1); got {semantic.shape[0]} queries "
                     f"for {semantic.shape[1]} classes"
                 )
-            return video * semantic.t()
-        return video * semantic
+            return ScoreParts(video * semantic.t(), video, semantic, stages, aligned)
+        return ScoreParts(video * semantic, video, semantic, stages, aligned)
 
     def forward(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,15 +82,20 @@ def adapted_block_forward(
     x: torch.Tensor,
     impl: str = "auto",
     class_token_only: bool = False,
+    record: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """One adapted block on x [V, T, N, D] (V videos of ONE set, T frames, N tokens). docs/method.md §2.3.
 
     class_token_only: return only token 0, [V, T, 1, D] (for the last block, whose other tokens nobody reads);
     ignored for impl="reference", which always returns [V, T, N, D].
+    record: called as record("spatial" | "task", block, input of that MSA) before the spatial MSA and the
+    Task-MSA, to read their attention (`taskadapter_fast.explanation`); it only reads, so the output is the same.
     """
     ln1 = block.ln_1
     if adapters.t_adapter is not None:  # temporal: sequence = the T frames
         x = adapters.t_adapter(_msa(block, ln1(x), axis=1, impl=impl), base=x, impl=impl)
+    if record is not None:
+        record("spatial", block, ln1(x))
     if class_token_only and not _is_literal(impl):
         spatial = block.ls_1(_class_token_msa(block, ln1(x)))
         x = x[:, :, :1]
@@ -99,6 +107,8 @@ def adapted_block_forward(
         spatial = block.ls_1(_msa(block, ln1(x), axis=2, impl=spatial_impl))
     x = adapters.s_adapter(spatial, base=x, impl=impl) if adapters.s_adapter is not None else x + spatial
     if adapters.task_adapter is not None:  # Task-MSA: sequence = the V videos of the set
+        if record is not None:
+            record("task", block, ln1(x))
         x = adapters.task_adapter(_msa(block, ln1(x), axis=0, impl=impl), base=x, impl=impl)
     h = block.ln_2(x)
     base = x + block.ls_2(block.mlp(h))
@@ -182,11 +192,25 @@ class TaskAdaptedVisual(nn.Module):
             flat = plain_block_forward(block, flat, impl=impl)
         return flat.view_as(x)
 
-    def encode_suffix(self, visual: nn.Module, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        """Adapted blocks (Task-MSA across the V videos of the set) and the head: [V, T, N, D] -> [V, T, E]."""
+    def encode_suffix(
+        self,
+        visual: nn.Module,
+        x: torch.Tensor,
+        impl: str = "auto",
+        record: Callable[[int, str, nn.Module, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Adapted blocks (Task-MSA across the V videos of the set) and the head: [V, T, N, D] -> [V, T, E].
+
+        record: see `adapted_block_forward`; called with the block's index first.
+        """
         for i in range(self.first_adapted, self.depth):
             block, adapters = visual.transformer.resblocks[i], self.adapters[str(i)]
             last = i == self.depth - 1
+            if record is not None:
+                x = adapted_block_forward(
+                    block, adapters, x, impl=impl, class_token_only=last, record=functools.partial(record, i)
+                )
+                continue
             if self.checkpoint_blocks and torch.is_grad_enabled():
                 x = checkpoint(
                     adapted_block_forward, block, adapters, x, impl, class_token_only=last, use_reentrant=False

@@ -72,6 +72,37 @@ def load_model(args: argparse.Namespace, overrides: dict[str, Any], device, stor
     return load(args.checkpoint, args.preset, overrides, device, stored)
 
 
+def add_explain_arguments(parser: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    """--explain DIR, --rollout and --static-prompt (predict and evaluate); `what`: which predictions it explains."""
+    group = parser.add_argument_group("explanations (the paper's Fig. 11)")
+    group.add_argument(
+        "--explain",
+        metavar="DIR",
+        help=f"write DIR/index.html (one self-contained page) and a PNG per query explaining {what}: attention maps "
+        "over the frames, Task-MSA attention, stage-wise matching scores",
+    )
+    group.add_argument("--rollout", action="store_true", help="with --explain: also the attention rollout")
+    group.add_argument(
+        "--static-prompt", action="store_true", help="with --explain: also the stage table with the static prompt"
+    )
+    return group
+
+
+def explain_requested(args: argparse.Namespace, **companions: Any) -> bool:
+    """Whether --explain DIR was given (its folder then made, or refused if a file); flags that only apply with it
+    (`companions`, e.g. rollout=True, given as their argparse names) are refused without it."""
+    companions = {"rollout": args.rollout, "static_prompt": args.static_prompt, **companions}
+    if not args.explain:
+        asked = ["--" + name.replace("_", "-") for name, value in companions.items() if value]
+        if asked:
+            raise UsageError(f"{' and '.join(asked)} only apply with --explain DIR")
+        return False
+    if os.path.exists(args.explain) and not os.path.isdir(args.explain):
+        raise UsageError(f"--explain {args.explain}: not a folder")
+    os.makedirs(args.explain, exist_ok=True)
+    return True
+
+
 def one_line(error: BaseException) -> str:
     """A multi-line message on one line: "; " between lines, a space after a line that ends in ":"."""
     text = ""

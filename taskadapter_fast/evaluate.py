@@ -32,7 +32,16 @@ from typing import Any
 
 from ._atomic import atomic_write_text
 from ._lock import FileLock
-from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
+from .cli import (
+    Parser,
+    UsageError,
+    add_explain_arguments,
+    explain_requested,
+    load_model,
+    number_at_least,
+    resolve_device,
+    run_cli,
+)
 from .config import parse_override
 
 DEFAULT_EPISODES = 10000
@@ -110,6 +119,13 @@ def build_parser(prog: str = "python -m taskadapter_fast.evaluate") -> argparse.
         "--plot", metavar="FILE", default="nway_curve.png", help="PNG of --nway-curve (default: %(default)s)"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    explain = add_explain_arguments(parser, "the predictions of the first --explain-episodes episodes, wrong first")
+    explain.add_argument(
+        "--explain-episodes",
+        type=number_at_least(1, "--explain-episodes"),
+        metavar="K",
+        help="with --explain: how many of the evaluated episodes to explain, from the first (default: 1)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model.KEY=VALUE or data.KEY=VALUE")
     return parser
 
@@ -296,7 +312,25 @@ def evaluate_once(args: argparse.Namespace, testbed: Testbed, settings: Settings
     if args.save_episodes:
         print(f"wrote {write_episodes_file(args.save_episodes, loader, result.plans, testbed.split)}")
     report = {"n_way": loader.n_way, "n_shot": loader.n_shot, "n_query": loader.n_query, "seed": loader.seed}
+    if args.explain:
+        report["explain"] = explain_first(args, testbed, loader, result.plans[: args.explain_episodes or 1], setting)
     return {**report, **result.to_dict(), "episodes_file": args.episodes_file}
+
+
+def explain_first(args: argparse.Namespace, testbed: Testbed, loader, plans, setting: str) -> dict[str, Any]:
+    """--explain DIR: the report of the queries of `plans` (the first evaluated episodes) -> the report's entry."""
+    from .evaluation.explained import explain_episodes, write_report, wrong_count
+
+    explanations = explain_episodes(
+        testbed.model, loader, plans, testbed.corpus, inductive=testbed.inductive, rollout=args.rollout,
+        static_prompt=args.static_prompt, progress=testbed.progress,
+    )  # fmt: skip
+    source = Path(args.checkpoint).name if args.checkpoint else args.preset
+    title = f"{source} on {testbed.split}: {setting}, episodes {', '.join(str(p.index) for p in plans)}"
+    page, pngs = write_report(explanations, args.explain, title)
+    queries, wrong = sum(e.num_queries for e in explanations), wrong_count(explanations)
+    print(f"wrote {page} and {len(pngs)} PNG(s): {queries} queries of {len(plans)} episode(s), {wrong} wrong")
+    return {"page": str(page), "episodes": [p.index for p in plans], "queries": queries, "wrong": wrong}
 
 
 def finish(report: dict[str, Any], model, output: str | None) -> None:
@@ -321,7 +355,14 @@ def output_lock(output: str | None) -> contextlib.AbstractContextManager:
     return FileLock(path.with_name(path.name + ".lock"), what=f"--output {output}")
 
 
+def check_explain_args(args: argparse.Namespace) -> None:
+    """--explain and its companions, said before any work."""
+    if explain_requested(args, explain_episodes=args.explain_episodes) and args.nway_curve:
+        raise UsageError("--explain explains one C-way K-shot evaluation; leave out --nway-curve")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_explain_args(args)
     settings = resolve_settings(args)
     device = resolve_device(args.device)
     with output_lock(args.output):

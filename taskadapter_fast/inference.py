@@ -177,6 +177,7 @@ def predict(
     transductive: bool = False,
     decoder: str = "auto",
     batch_size: int = 8,
+    explain: Mapping[str, bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Classify `queries` (video files, frame folders or folders of them; one path or a list) among the classes
     of `support_dir`.
@@ -185,13 +186,24 @@ def predict(
     ``probabilities`` ({class name: value}, in class order); for a video that cannot be read (corrupt,
     unsupported, gone), ``query`` and ``error`` (why) instead. Runs in eval mode without gradients.
     `classify` gives the same results one at a time, as they are ready.
+
+    explain: {} (or {"rollout": True, "static_prompt": True}) to explain the predictions: each result then also
+    holds ``explanation``, the `taskadapter_fast.Explanation` its scores come from (one per query, or one shared
+    by all queries with ``transductive``); `taskadapter_fast.explanation.report` draws them.
     """
     support, queries = support_rows(support_dir), check_queries(queries)
-    return list(classify(model, support, queries, corpus, transductive, decoder, batch_size))
+    return list(classify(model, support, queries, corpus, transductive, decoder, batch_size, explain))
 
 
 def classify(
-    model, support, queries: list[str], corpus, transductive: bool = False, decoder: str = "auto", batch_size: int = 8
+    model,
+    support,
+    queries: list[str],
+    corpus,
+    transductive: bool = False,
+    decoder: str = "auto",
+    batch_size: int = 8,
+    explain: Mapping[str, bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`predict`'s results, in query order, each as soon as it is ready, on support already read (`support_rows`)
     and checked query paths (`check_queries`).
@@ -206,6 +218,8 @@ def classify(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with _eval_mode(model), torch.no_grad():
         score = _support_scorer(model, support, corpus, decoder)
+    if explain is not None:
+        score = _explaining(score, dict(explain), inductive=not transductive)
     num_frames, image_size = int(model.config.num_frames), int(model.visual.image_size)
     batches = [queries[start : start + int(batch_size)] for start in range(0, len(queries), int(batch_size))]
     ahead = _decoded_ahead(lambda paths: load_readable(paths, num_frames, image_size, decoder), batches)
@@ -229,18 +243,50 @@ def _results(model, score, class_names: list[str], batches: list[list[str]], dec
     try:
         with _eval_mode(model):
             for paths, (clips, errors) in zip(batches, decoded, strict=True):
-                rows = _score_rows(score, clips, alone)
+                readable = [path for position, path in enumerate(paths) if position not in errors]
+                rows = _score_rows(score, clips, alone, readable)
                 for position, path in enumerate(paths):
                     if position in errors:
                         yield {"query": path, "error": errors[position]}
-                    else:
-                        yield _result(path, class_names, next(rows), model.config.logit_scale)
+                        continue
+                    row, explanation = next(rows)
+                    result = _result(path, class_names, row, model.config.logit_scale)
+                    yield result if explanation is None else {**result, "explanation": explanation}
     finally:
         if isinstance(decoded, Generator):
             decoded.close()  # stops the background decoding when the caller stops early
 
 
-def _support_scorer(model, support, corpus, decoder: str) -> Callable[[torch.Tensor], torch.Tensor]:
+class _Scorer:
+    """scores(query clips [M, T, 3, S, S]) -> [M, C] against a support set and class texts encoded once."""
+
+    def __init__(self, model, class_names, corpus, support_feats, labels, text_feats):
+        self.model, self.class_names, self.corpus = model, class_names, corpus
+        self.support_feats, self.labels, self.text_feats = support_feats, labels, text_feats
+        self.device, self.dtype = model.device, next(model.parameters()).dtype
+
+    def __call__(self, query: torch.Tensor, names: Sequence[str] | None = None):
+        query_feats = self.model.encode_videos(query.to(device=self.device, dtype=self.dtype))
+        return self.model.scores_from_features(
+            self.support_feats, self.labels, query_feats, self.text_feats, len(self.class_names)
+        )
+
+
+def _explaining(scorer: _Scorer, options: dict[str, bool], inductive: bool):
+    """A scorer that explains: (query clips, their names) -> `Explanation` (its .scores are the scores)."""
+    from .explanation import explain_queries
+
+    def explained(query: torch.Tensor, names: Sequence[str]):
+        return explain_queries(
+            scorer.model, scorer.support_feats, scorer.labels, scorer.text_feats,
+            query.to(device=scorer.device, dtype=scorer.dtype), scorer.class_names, scorer.corpus,
+            query_names=[str(name) for name in names], inductive=inductive, **options,
+        )  # fmt: skip
+
+    return explained
+
+
+def _support_scorer(model, support, corpus, decoder: str) -> _Scorer:
     """Decodes and encodes the support set (and the classes' text) once -> scores(query clips) -> [M, C]."""
     class_names, per_class = support
     device, dtype = model.device, next(model.parameters()).dtype
@@ -249,27 +295,21 @@ def _support_scorer(model, support, corpus, decoder: str) -> Callable[[torch.Ten
     support_feats = model.encode_videos(clips.to(device=device, dtype=dtype))  # [C*K, T, E]
     text_feats = model.encode_classes(class_names, corpus) if model.config.score != "video" else None
     labels = torch.arange(len(class_names)).repeat_interleave(len(per_class[0])).to(device)
-
-    def scores(query: torch.Tensor) -> torch.Tensor:
-        query_feats = model.encode_videos(query.to(device=device, dtype=dtype))
-        return model.scores_from_features(support_feats, labels, query_feats, text_feats, len(class_names))
-
-    return scores
+    return _Scorer(model, class_names, corpus, support_feats, labels, text_feats)
 
 
-def _score_rows(score: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor | None, alone: bool) -> Iterator:
-    """Each clip's class scores [C], in order: each clip alone (a query set of one) or all of them as one set."""
+def _score_rows(score: Callable, clips: torch.Tensor | None, alone: bool, names: Sequence[str]) -> Iterator:
+    """Each clip's (class scores [C], its Explanation or None), in order: each clip alone (a query set of one) or
+    all of them as one set. `score` gives scores [M, C], or an Explanation (whose .scores they are)."""
     if clips is None:
         return
-    if not alone:
-        with torch.no_grad():
-            scores = score(clips)
-        yield from scores
-        return
-    for q in range(clips.shape[0]):
+    sets = [(q, q + 1) for q in range(clips.shape[0])] if alone else [(0, clips.shape[0])]
+    for start, stop in sets:
         with torch.no_grad():  # not around the yield: the caller's code would run without gradients
-            row = score(clips[q : q + 1])[0]
-        yield row
+            out = score(clips[start:stop], names[start:stop])
+        scores, explanation = (out, None) if isinstance(out, torch.Tensor) else (out.scores, out)
+        for row in scores:
+            yield row, explanation
 
 
 def _joined(decoded: Iterable[tuple[torch.Tensor | None, dict[int, str]]], batches: list[list[str]]) -> Iterator:

@@ -31,11 +31,20 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser, UsageError, load_model, number_at_least, resolve_device, run_cli
+from .cli import (
+    Parser,
+    UsageError,
+    add_explain_arguments,
+    explain_requested,
+    load_model,
+    number_at_least,
+    resolve_device,
+    run_cli,
+)
 from .data.corpus_generate import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MODEL
 from .inference import check_queries, classify, support_rows
 
@@ -119,6 +128,7 @@ def build_parser(prog: str = "python -m taskadapter_fast.predict") -> argparse.A
         metavar="N",
         help="queries decoded at a time, the next batch while this one is classified (default: 8)",
     )
+    add_explain_arguments(parser, "each prediction")
     parser.add_argument("--json", action="store_true", help="JSON lines (an object per query) instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -130,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint import stored_run_config
     from .data.corpus import load_corpus
 
+    explain = explain_options(args)  # before anything loads, as the query paths are
     queries = check_queries(args.queries)  # before the model loads: a typo costs no waiting
     support = support_rows(args.support)
     class_names = support[0]
@@ -147,8 +158,31 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("this model needs the classes' sub-actions: pass --corpus FILE or --generate-corpus")
     else:
         corpus = None
-    results = classify(model, support, queries, corpus, args.transductive, args.decoder, args.batch_size)
-    return write_results(results, len(queries), args.json, not args.no_progress)
+    results = classify(model, support, queries, corpus, args.transductive, args.decoder, args.batch_size, explain)
+    if explain is None:
+        return write_results(results, len(queries), args.json, not args.no_progress)
+    explanations: list = []
+    status = write_results(_keeping_explanations(results, explanations), len(queries), args.json, not args.no_progress)
+    if explanations:
+        from .explanation.report import write_report
+
+        page, pngs = write_report(explanations, args.explain, title=f"predictions among the classes of {args.support}")
+        print(f"wrote {page} and {len(pngs)} PNG(s)", file=sys.stderr)
+    return status
+
+
+def explain_options(args: argparse.Namespace) -> dict[str, bool] | None:
+    """--explain's options for `classify` (None without it); its folder made ready before anything loads."""
+    return {"rollout": args.rollout, "static_prompt": args.static_prompt} if explain_requested(args) else None
+
+
+def _keeping_explanations(results: Iterable[dict[str, Any]], kept: list) -> Iterator[dict[str, Any]]:
+    """The results without their `explanation`, which is added to `kept` (once when queries share one)."""
+    for result in results:
+        explanation = result.pop("explanation", None)
+        if explanation is not None and not any(explanation is seen for seen in kept):
+            kept.append(explanation)
+        yield result
 
 
 def write_results(results: Iterable[Mapping[str, Any]], total: int, as_json: bool, progress: bool) -> int:

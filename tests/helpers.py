@@ -103,3 +103,26 @@ def run_main(main, *args: str):
         except SystemExit as exc:  # argparse
             returncode = exc.code
     return types.SimpleNamespace(returncode=returncode, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
+CODECS = {  # name: (file suffix, FFmpeg encoder, pixel format, encoder options)
+    "vp9": (".webm", "libvpx-vp9", "yuv420p", {"crf": "10", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+    "h264": (".mp4", "libx264", "yuv420p", {"crf": "0", "preset": "ultrafast"}),
+    "mjpeg": (".avi", "mjpeg", "yuvj420p", {"q:v": "2"}),
+    "mpeg4": (".avi", "mpeg4", "yuv420p", {"q:v": "1"}),
+}
+
+
+def write_video(path, codec: str, frames_FHW3) -> None:
+    """Encode uint8 frames [F, H, W, 3] with PyAV (a real file of the codec named in CODECS)."""
+    import av
+
+    _, encoder, pix_fmt, options = CODECS[codec]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=12, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames_FHW3.shape[2], frames_FHW3.shape[1], pix_fmt
+        for frame in frames_FHW3:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

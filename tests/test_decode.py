@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import av
 import numpy as np
 import pytest
 import torch
+from helpers import CODECS, write_video
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
@@ -44,31 +44,12 @@ LEVELS = 10 + 20 * np.arange(NUM_FRAMES)
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
-CODECS = {  # name: (file suffix, FFmpeg encoder, pixel format, encoder options)
-    "vp9": (".webm", "libvpx-vp9", "yuv420p", {"crf": "10", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
-    "h264": (".mp4", "libx264", "yuv420p", {"crf": "0", "preset": "ultrafast"}),
-    "mjpeg": (".avi", "mjpeg", "yuvj420p", {"q:v": "2"}),
-    "mpeg4": (".avi", "mpeg4", "yuv420p", {"q:v": "1"}),
-}
-
 needs_dali_cpu = pytest.mark.skipif(
     bool(dali_unavailable_reasons("cpu")), reason="; ".join(dali_unavailable_reasons("cpu")) or "DALI available"
 )
 needs_dali_gpu = pytest.mark.skipif(
     bool(dali_unavailable_reasons("gpu")), reason="; ".join(dali_unavailable_reasons("gpu")) or "DALI GPU available"
 )
-
-
-def write_video(path, codec: str, frames_FHW3: np.ndarray) -> None:
-    _, encoder, pix_fmt, options = CODECS[codec]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=12, options=options)
-        stream.width, stream.height, stream.pix_fmt = frames_FHW3.shape[2], frames_FHW3.shape[1], pix_fmt
-        for frame in frames_FHW3:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def write_frames(folder, frames_FHW3: np.ndarray, quality: int = 95) -> None:

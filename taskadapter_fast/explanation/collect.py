@@ -1,7 +1,7 @@
 """Explaining predictions: the attention and the stage-wise scores behind them, from the forward pass itself.
 
 `explain(model, support, support_labels, query, class_names, corpus)` runs what `model(...)` runs and, on the
-way, reads (docs/method.md §8):
+way, reads (docs/method.md §10):
 - the spatial attention of the last adapted block: the class token's attention over the patch grid of each
   query frame (mean over heads), and optionally its rollout through the adapted blocks;
 - the Task-MSA attention of the last adapted block: how much each query frame's class token attends to each

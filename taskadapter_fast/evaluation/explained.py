@@ -1,0 +1,73 @@
+"""`evaluate --explain`: explanations (`taskadapter_fast.explanation`) of the queries of evaluated episodes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..data.episodes import EpisodeLoader, EpisodePlan
+from ..explanation import Explanation, explain
+
+
+def query_name(loader: EpisodeLoader, plan: EpisodePlan, q: int) -> str:
+    """'episode <i>, query <q>: <class folder>/<video>' (the last two parts of its path)."""
+    path = Path(loader.rows[int(plan.query_rows[q])].path)
+    return f"episode {plan.index}, query {q + 1}: {path.parent.name}/{path.name}"
+
+
+def explain_episodes(
+    model,
+    loader: EpisodeLoader,
+    plans: Sequence[EpisodePlan],
+    corpus: Mapping[str, Sequence[str]] | None,
+    *,
+    inductive: bool = False,
+    rollout: bool = False,
+    static_prompt: bool = False,
+    progress: bool = True,
+) -> list[Explanation]:
+    """An `Explanation` of every query of each plan (decoded again, in eval mode), scored as `evaluate` scores
+    them (as one set, or each query alone when `inductive`), with their true classes."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    explanations = []
+    try:
+        for plan in tqdm(plans, desc="explain", unit="episode", disable=not progress, file=sys.stderr):
+            episode = loader.assemble(plan, loader.decode(plan))
+            dtype = next(model.parameters()).dtype
+            support, query = (x.to(device=model.device, dtype=dtype) for x in (episode.support, episode.query))
+            names = [query_name(loader, plan, q) for q in range(query.shape[0])]
+            explanations.append(
+                explain(
+                    model,
+                    support,
+                    episode.support_labels,
+                    query,
+                    episode.class_names,
+                    corpus,
+                    query_labels=episode.query_labels,
+                    query_names=names,
+                    inductive=inductive,
+                    rollout=rollout,
+                    static_prompt=static_prompt,
+                )  # fmt: skip
+            )
+    finally:
+        model.train(was_training)
+    return explanations
+
+
+def write_report(explanations: Sequence[Explanation], folder: str | Path, title: str) -> tuple[Path, list[Path]]:
+    """`folder/index.html` (wrong predictions first) and a PNG per query beside it -> (the page, the PNGs)."""
+    from ..explanation.report import save_html, save_pngs
+
+    folder = Path(folder)
+    page = save_html([e.cpu() for e in explanations], folder / "index.html", title=title, wrong_first=True)
+    return page, save_pngs([e.cpu() for e in explanations], folder)
+
+
+def wrong_count(explanations: Sequence[Explanation]) -> int:
+    return sum(int(w.sum()) for e in explanations if (w := e.wrong()) is not None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from .splits_fetch import (
     corpus_command,
     corpus_gaps_command,
     fetch_splits,
+    name_classes_command,
     names_from_ssv2_annotations,
     published_pairs,
     split_paths,
@@ -152,7 +152,7 @@ def _run_fetch_splits(args: argparse.Namespace) -> int:
         print(
             f"# no public source names the {args.dataset} val classes: name them from your SSv2 download's "
             f"annotations (SSV2_LABELS: its labels folder) into {fetched.val_names_file}, where train finds them:\n"
-            + _name_classes_command(fetched)
+            + name_classes_command(fetched)
         )
     gaps = corpus_gaps_command(fetched)
     if gaps:
@@ -160,12 +160,6 @@ def _run_fetch_splits(args: argparse.Namespace) -> int:
     print(f"# {VIDEO_ROOT_PLACEHOLDER}: the folder the listed videos or frame folders are under")
     print(train_command(fetched))
     return 0
-
-
-def _name_classes_command(fetched) -> str:
-    words = ["python", "-m", "taskadapter_fast.data", "name-classes", "--split", str(fetched.files["val"])]
-    words += ["--annotations", "SSV2_LABELS/train.json", "SSV2_LABELS/validation.json"]
-    return " ".join(shlex.quote(word) for word in [*words, "--out", str(fetched.val_names_file)])
 
 
 def _add_name_classes(commands) -> None:

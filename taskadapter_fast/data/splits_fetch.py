@@ -254,6 +254,14 @@ def corpus_command(fetched: FetchedSplits) -> str:
     )
 
 
+def name_classes_command(fetched: FetchedSplits) -> str:
+    """The `name-classes` command that names the val classes no source names (`val_unnamed`) from the SSv2
+    annotations (`SSV2_LABELS`: the labels folder of the SSv2 download), where `read_split_dir` finds them."""
+    words = ["python", "-m", "taskadapter_fast.data", "name-classes", "--split", str(fetched.files["val"])]
+    words += ["--annotations", "SSV2_LABELS/train.json", "SSV2_LABELS/validation.json"]
+    return _command([*words, "--out", str(fetched.val_names_file)])
+
+
 def corpus_gaps_command(fetched: FetchedSplits) -> str | None:
     """The `corpus generate --into` command that adds the classes the authors' corpus lacks, for the datasets
     where it lacks some (SSv2-Full: most of its classes; Kinetics-100: one val class); None for the others."""

@@ -62,6 +62,9 @@ class DataConfig:
 
     dataset: str = "splits"  # splits: the split files below | synthetic: the built-in dataset (generated once)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # a folder `python -m taskadapter_fast.data fetch-splits` wrote: the three split files, the class order and the
+    # corpus default to its lists, the shipped order of index-only lists and the corpus file in it
+    split_dir: str | None = None
     train_split: str | None = None  # split file (official/TRX/CLIP-FSAR list), folder-per-class dir or manifest
     val_split: str | None = None
     test_split: str | None = None
@@ -69,6 +72,7 @@ class DataConfig:
     corpus: str | None = None  # sub-action corpus (official YAML or JSON); synthetic: its own corpus
     format: str = "auto"
     class_names: str | None = None  # names file for index-only lists (see data.splits.load_class_names)
+    val_class_names: str | None = None  # names file for the val split instead (SSv2-Full: no source names them)
     path_map: str | None = None  # OLD:NEW: listed paths under OLD (another machine's disk) are read under NEW
     decoder: str = "auto"
     n_way: int = 5
@@ -186,8 +190,11 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, tree: dict[str, Any]) -> RunConfig:
-        """A (possibly partial) tree over the defaults; every key and value is checked."""
+    def from_dict(cls, tree: dict[str, Any], preset: str | None = None) -> RunConfig:
+        """A (possibly partial) tree over the defaults; every key and value is checked.
+
+        preset: the preset the tree started from, checked against the dataset of a `data.split_dir`.
+        """
         if not isinstance(tree, dict):
             raise ValueError(f"a run config must be a mapping with sections {SECTIONS}, got {type(tree).__name__}")
         unknown = sorted(set(tree) - set(SECTIONS))
@@ -198,8 +205,47 @@ class RunConfig:
             data=build_section(DataConfig, tree.get("data") or {}, "data"),
             train=build_section(TrainConfig, tree.get("train") or {}, "train"),
         )
+        if config.data.split_dir is not None:
+            _apply_split_dir(config, preset)
         config.validate()
         return config
+
+
+def _apply_split_dir(config: RunConfig, preset: str | None) -> None:
+    """Fills what `data.split_dir` (a fetch-splits folder) gives where the config leaves it unset: the three
+    split files, the class order and val names, and the corpus. Set values win.
+
+    A benchmark preset must be the folder's dataset: the presets differ in model settings (adapter layers,
+    the SSv2-Full LayerNorm), so `--preset hmdb51` on SSv2 lists would train a recipe the paper never ran.
+    """
+    from .data.splits_fetch import DATASETS as BENCHMARKS
+    from .data.splits_fetch import corpus_command, read_split_dir
+
+    data = config.data
+    if data.dataset != "splits":
+        raise ValueError(f"data.split_dir={data.split_dir} needs data.dataset=splits, got data.dataset={data.dataset}")
+    fetched = read_split_dir(data.split_dir)
+    if preset in BENCHMARKS and preset != fetched.dataset:
+        raise ValueError(
+            f"--preset {preset} is the {preset} benchmark, but data.split_dir={data.split_dir} holds the "
+            f"{fetched.dataset} lists ({fetched.manifest}); use --preset {fetched.dataset}, or the folder of the "
+            f"{preset} lists"
+        )
+    for split, path in fetched.files.items():
+        if getattr(data, f"{split}_split") is None:
+            setattr(data, f"{split}_split", str(path))
+    if data.class_names is None:
+        data.class_names = fetched.class_names
+    if data.val_class_names is None and fetched.val_unnamed and fetched.val_names_file.is_file():
+        data.val_class_names = str(fetched.val_names_file)
+    if data.corpus is None:
+        if fetched.corpus.is_file():
+            data.corpus = str(fetched.corpus)
+        elif config.model.needs_corpus:
+            raise FileNotFoundError(
+                f"data.split_dir={data.split_dir} holds no corpus ({fetched.corpus}); fetch the authors' with "
+                f"`{corpus_command(fetched)}`, or give one as data.corpus=FILE"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ merging
@@ -245,7 +291,7 @@ def resolve_run_config(
                 f"override {text!r}: unknown section {parts[0]!r}; keys look like model.X, data.X or train.X"
             )
         apply_override(merged, parts, value)
-    return RunConfig.from_dict(merged)
+    return RunConfig.from_dict(merged, preset)
 
 
 def run_config_from_json(text: str) -> RunConfig:

@@ -5,8 +5,10 @@ With no arguments it runs the embedded default (the `demo` preset): the built-in
 and the test accuracy ± 95% CI of the trained and of the untrained model on the same episodes.
 
     python -m taskadapter_fast.train                                   # the embedded default
+    python -m taskadapter_fast.train --preset ssv2_small data.root=VIDEOS data.split_dir=DIR  # a benchmark
+        # (docs/method.md §7.1) on the lists `python -m taskadapter_fast.data fetch-splits` wrote into DIR
     python -m taskadapter_fast.train --preset ssv2_small data.train_split=... data.val_split=... \\
-        data.test_split=... data.root=... data.corpus=...             # a benchmark (docs/method.md §7.1)
+        data.test_split=... data.root=... data.corpus=...             # ... or on lists of your own
     python -m taskadapter_fast.train --preset hmdb51 --shot 5 train.lr=0.002 ...
     python -m taskadapter_fast.train --config runs/x/config.yaml       # a run's resolved config again
     python -m taskadapter_fast.train --resume runs/x                   # continue an interrupted run

@@ -14,6 +14,7 @@ import pytest
 
 from taskadapter_fast import class_orders
 from taskadapter_fast.data import read_split
+from taskadapter_fast.data.corpus import normalize_class_name
 from taskadapter_fast.data.splits import SplitFormatError, load_class_names
 from taskadapter_fast.runconfig import resolve_run_config
 
@@ -68,12 +69,26 @@ def test_clipfsar_ssv2_index_lists_get_each_splits_names_with_brackets(tmp_path)
     assert small[1].class_name == "Twisting (wringing) [something] wet until water comes out"
 
 
+def test_the_derived_ssv2_small_val_order_is_the_official_val_range(tmp_path):
+    # CLIP-FSAR names no val classes; the shipped order (derived: its val ids matched with TRX's named val list)
+    # is the official order's val range 64-75, class for class
+    official, small = load_class_names("official:ssv2_small"), load_class_names("clipfsar:ssv2_small")
+    assert sorted(small) == ["test", "train", "val"] and len(small["val"]) == 12
+    assert [normalize_class_name(name) for name in small["val"]] == official[64:76]
+    val = tmp_path / "val_few_shot.txt"  # CLIP-FSAR's first val lines
+    val.write_text("val0/46768\nval1/8330\nval0/58494\n")
+    rows = read_split(val, root=tmp_path, class_names="clipfsar:ssv2_small")
+    assert [row.class_name for row in rows] == [small["val"][0], small["val"][1], small["val"][0]]
+    assert rows[0].class_name == "Lifting something up completely without letting it drop down"
+    assert "DERIVED" in (Path(class_orders.__file__).parent / "clipfsar_ssv2_small_val.txt").read_text()
+
+
 def test_a_split_the_source_publishes_no_order_for_is_refused_by_name(tmp_path):
-    no_val = r"'clipfsar:ssv2_small' has no order for split 'val' \(it has train, test\)"
+    no_val = r"'clipfsar:ssv2_full' has no order for split 'val' \(it has train, test\).*data.val_class_names=FILE"
     val = tmp_path / "val_few_shot.txt"
-    val.write_text("val0/46768\nval3/58494\n")
+    val.write_text("val2/188509\nval9/154368\n")
     with pytest.raises(SplitFormatError, match=no_val):
-        read_split(val, root=tmp_path, class_names="clipfsar:ssv2_small")
+        read_split(val, root=tmp_path, class_names="clipfsar:ssv2_full")
     # a CLIP-FSAR val list whose paths name the classes needs no order: the folders name them
     paths = tmp_path / "hmdb_val.txt"
     paths.write_text("val0//videos/cartwheel/a.avi\nval1//videos/eat/b.avi\n")

@@ -91,15 +91,16 @@ def test_fetch_writes_the_lists_a_manifest_and_the_train_command(tmp_path, file_
         )
     assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in written.values()), "sources.json"])
 
-    words = _train_words(result.stdout)
-    assert words[:5] == ["python", "-m", "taskadapter_fast.train", "--preset", dataset]
-    overrides = dict(word.split("=", 1) for word in words[5:])
-    assert {split: Path(overrides[f"data.{split}_split"]) for split in written} == written
-    assert overrides["data.root"] == "VIDEO_ROOT"
-    corpus = Path(overrides["data.corpus"])
-    assert f"--out {corpus}" in result.stdout  # the printed corpus fetch writes the corpus the command names
+    words = _train_words(result.stdout)  # its only paths: the video root and the folder
+    assert words == ["python", "-m", "taskadapter_fast.train", "--preset", dataset, "data.root=VIDEO_ROOT"] + [
+        f"data.split_dir={out}"
+    ]
+    corpus = out / splits_fetch.PUBLISHED_CORPORA[dataset]
+    assert f"--out {corpus}" in result.stdout  # the printed corpus fetch writes the corpus the folder's runs read
+    corpus.write_text("stand-in: resolving checks the file is there\n")
     config = resolve_run_config(dataset, None, words[5:])  # the command's settings are ones train takes
-    assert Path(config.data.test_split) == written["test"] and config.data.root == "VIDEO_ROOT"
+    assert {split: Path(getattr(config.data, f"{split}_split")) for split in written} == written
+    assert (config.data.root, config.data.corpus) == ("VIDEO_ROOT", str(corpus))
 
 
 def test_fetch_through_the_real_command_line(tmp_path, file_server):
@@ -122,7 +123,7 @@ def test_fetch_through_the_real_command_line(tmp_path, file_server):
     )
     assert result.returncode == 0, result.stderr
     words = _train_words(result.stdout)
-    assert "data.train_split=lists/trainlist03.txt" in words
+    assert words[-2:] == ["data.root=VIDEO_ROOT", "data.split_dir=lists"]
     assert (tmp_path / "lists" / "trainlist03.txt").read_text() == lists["train"]
 
 

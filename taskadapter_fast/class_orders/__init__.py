@@ -6,7 +6,8 @@ Selected by `"<source>:<dataset>"` (`data.class_names=official:hmdb51` on the co
   test 41-50).
 - `clipfsar`: CLIP-FSAR's per-split orders (`clipfsar_<dataset>_<split>.txt`, from its configs' TRAIN and
   TEST `CLASS_NAME`); the class index of `train3/<id>` indexes the train order. CLIP-FSAR publishes none
-  for val.
+  for val: its HMDB51 / UCF101 / Kinetics val lists name their classes in their paths, the SSv2-Small val
+  order is derived (its file says how), and no public source names the SSv2-Full val classes.
 - `trx`: TRX lists name their classes in their paths, except its SSv2-Full (OTAM) lists, which are the
   same files as CLIP-FSAR's SSv2-Full lists (compared byte for byte): `trx:ssv2_full` is CLIP-FSAR's order.
 Each file cites its source in its first comment lines.
@@ -53,9 +54,11 @@ class PublishedOrder(dict):
         self.spec = spec
 
     def missing(self, split: str) -> str:
+        key = "; train and evaluate take it as data.val_class_names=FILE" if split == "val" else ""
         return (
             f"class_names {self.spec!r} has no order for split {split!r} (it has {', '.join(self)}): "
-            "the source publishes none for it; give a names file for that split"
+            f"no public source names those classes; give a names file for that split (one name a line, line i "
+            f"naming the class index i of `{split}<i>/<id>`){key}"
         )
 
 

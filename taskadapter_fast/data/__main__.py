@@ -15,7 +15,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from .._atomic import atomic_write_text
 from ..cli import Parser, UsageError, number_at_least, run_cli
 from .splits import FORMATS, PREPARE_QUERY, PREPARE_SHOT, SplitFormatError, prepare
 from .splits_fetch import (
@@ -26,7 +28,10 @@ from .splits_fetch import (
     VIDEO_ROOT_PLACEHOLDER,
     UnpublishedSplits,
     corpus_command,
+    corpus_gaps_command,
     fetch_splits,
+    name_classes_command,
+    names_from_ssv2_annotations,
     published_pairs,
     split_paths,
     train_command,
@@ -78,12 +83,15 @@ def build_parser(prog: str = "python -m taskadapter_fast.data") -> argparse.Argu
         help=f"query videos per class, for the same check (default: {PREPARE_QUERY}, as every preset)",
     )
     _add_fetch_splits(commands)
+    _add_name_classes(commands)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "fetch-splits":
         return _run_fetch_splits(args)
+    if args.command == "name-classes":
+        return _run_name_classes(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = prepare(
@@ -139,9 +147,48 @@ def _run_fetch_splits(args: argparse.Namespace) -> int:
     for split, path in fetched.files.items():
         print(f"wrote {split} list {path}", file=sys.stderr)
     print(f"wrote {fetched.manifest} (where each list came from)", file=sys.stderr)
-    print(f"# the sub-action corpus, if you have none yet:\n{corpus_command(fetched)}")
+    print(f"# the authors' sub-action corpus, into the same folder:\n{corpus_command(fetched)}")
+    if fetched.val_unnamed:
+        print(
+            f"# no public source names the {args.dataset} val classes: name them from your SSv2 download's "
+            f"annotations (SSV2_LABELS: its labels folder) into {fetched.val_names_file}, where train finds them:\n"
+            + name_classes_command(fetched)
+        )
+    gaps = corpus_gaps_command(fetched)
+    if gaps:
+        print(f"# the classes the authors' corpus lacks, from an OpenAI-compatible endpoint (URL, NAME, VAR):\n{gaps}")
     print(f"# {VIDEO_ROOT_PLACEHOLDER}: the folder the listed videos or frame folders are under")
     print(train_command(fetched))
+    return 0
+
+
+def _add_name_classes(commands) -> None:
+    """The `name-classes` subcommand: names an index-only SSv2 list's classes from the SSv2 annotations."""
+    command = commands.add_parser(
+        "name-classes",
+        help="name the classes of an index-only SSv2 list from the SSv2 annotation files",
+        description="Writes the class names of an index-only SSv2 list ('val3/<video id>' lines; the SSv2-Full "
+        "val list, whose classes no public source names) one a line in class-index order: each class is the "
+        "template of its videos in the SSv2 annotation files.",
+    )
+    command.add_argument("--split", required=True, help="the index-only list (e.g. vallist07.txt)")
+    command.add_argument(
+        "--annotations",
+        nargs="+",
+        required=True,
+        metavar="JSON",
+        help="the SSv2 download's labels/train.json and labels/validation.json",
+    )
+    command.add_argument("--out", required=True, help="the names file to write")
+
+
+def _run_name_classes(args: argparse.Namespace) -> int:
+    try:
+        names = names_from_ssv2_annotations(args.split, args.annotations)
+    except (FileNotFoundError, ValueError) as error:  # the files are the arguments
+        raise UsageError(str(error)) from None
+    out = atomic_write_text(Path(args.out), "".join(f"{name}\n" for name in names), fsync=True)
+    print(f"wrote {len(names)} class names to {out}", file=sys.stderr)
     return 0
 
 

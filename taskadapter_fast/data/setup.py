@@ -56,7 +56,7 @@ def read_splits(data: DataConfig, splits: Sequence[str] = SPLITS) -> SplitData:
                     source[split],
                     format=data.format,
                     root=data.root,
-                    class_names=data.class_names,
+                    class_names=data.val_class_names if split == "val" and data.val_class_names else data.class_names,
                     path_map=data.path_map,
                 ),
                 split,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ SECTIONS = ("model", "data", "train")
 # threads, and how often the run logs and saves. None changes what the run computes (its episodes, weights
 # and accuracies); every other setting is fixed when the run starts.
 RUNTIME_KEYS = ("data.decoder", "data.prefetch", "train.cpu_threads", "train.log_every", "train.save_every")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -207,6 +210,7 @@ class RunConfig:
         )
         if config.data.split_dir is not None:
             _apply_split_dir(config, preset)
+        _preset_class_order(config, preset)
         config.validate()
         return config
 
@@ -246,6 +250,21 @@ def _apply_split_dir(config: RunConfig, preset: str | None) -> None:
                 f"data.split_dir={data.split_dir} holds no corpus ({fetched.corpus}); fetch the authors' with "
                 f"`{corpus_command(fetched)}`, or give one as data.corpus=FILE"
             )
+
+
+def _preset_class_order(config: RunConfig, preset: str | None) -> None:
+    """A benchmark preset on index-only lists (official label ids, CLIP-FSAR / TRX SSv2-Full class indices) with
+    no data.class_names: the published order of that benchmark's lists names their classes."""
+    from .data.splits import published_order_for
+    from .data.splits_fetch import DATASETS as BENCHMARKS
+
+    data = config.data
+    if preset not in BENCHMARKS or data.dataset != "splits" or data.class_names is not None or not data.train_split:
+        return
+    spec = published_order_for(data.train_split, preset)
+    if spec is not None:
+        data.class_names = spec
+        log.info("data.class_names=%s: the published class order of the %s lists' label ids", spec, preset)
 
 
 # ------------------------------------------------------------------------------------------------ merging

@@ -141,6 +141,23 @@ def test_the_command_line_string_reaches_the_config_unchanged():
     assert load_class_names(config.data.class_names)[41:] == HMDB_TEST
 
 
+def test_a_benchmark_preset_picks_the_published_order_of_index_only_lists(tmp_path):
+    def config(preset, train_lines, *extra):
+        (tmp_path / "train.txt").write_text("\n".join(train_lines) + "\n")
+        splits = [f"data.{split}_split={tmp_path / 'train.txt'}" for split in ("train", "val", "test")]
+        return resolve_run_config(preset=preset, overrides=[*splits, "data.corpus=c.yml", *extra]).data
+
+    official = [f"/mnt/disk/user/hmdb51/frames/video_{n} 40 {n % 31}" for n in range(4)]
+    assert config("hmdb51", official).class_names == "official:hmdb51"
+    assert config("ssv2_small", ["train3/51958", "train0/1"]).class_names == "clipfsar:ssv2_small"
+    assert config("ssv2_full", ["train8/78687"]).class_names == "clipfsar:ssv2_full"  # TRX's = CLIP-FSAR's
+    assert config("ucf101", ["train0//videos/ApplyEyeMakeup/v_1.avi"]).class_names == "clipfsar:ucf101"
+    assert config("kinetics", ["air drumming/abc"]).class_names is None  # TRX lines name their classes
+    assert config("hmdb51", official, "data.class_names=mine.txt").class_names == "mine.txt"  # a given one wins
+    assert config("tiny", ["train3/51958"]).class_names is None  # no benchmark: no published order to choose
+    assert config("ssv2_full", official).class_names is None  # no official SSv2-Full order is shipped
+
+
 def test_the_sdist_carries_the_class_orders(tmp_path):
     checkout = tmp_path / "checkout"  # a copy: sdist writes its egg-info beside setup.py
     checkout.mkdir()

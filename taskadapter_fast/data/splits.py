@@ -523,6 +523,16 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path
     return path
 
 
+def _first_listed_line(path: Path) -> tuple[int, str] | None:
+    """(line number, text) of the first line of a list file that is neither blank nor a comment."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                return number, line
+    return None
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """The format `read_split(path, format="auto")` would use."""
     path = Path(path)
@@ -530,18 +540,32 @@ def detect_format(path: str | os.PathLike) -> str:
         return "folder"
     if path.suffix.lower() == ".jsonl":
         return "manifest"
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("{"):
-                return "manifest"
-            kind = _classify(line)
-            if kind is None:
-                raise SplitFormatError(f"{path}:{number}: cannot detect the split format from {line!r}")
-            return "official" if kind == "official" else "clipfsar" if kind == "indexed_path" else "trx"
-    raise SplitFormatError(f"{path}:1: the split file lists no videos")
+    first = _first_listed_line(path)
+    if first is None:
+        raise SplitFormatError(f"{path}:1: the split file lists no videos")
+    number, line = first
+    if line.startswith("{"):
+        return "manifest"
+    kind = _classify(line)
+    if kind is None:
+        raise SplitFormatError(f"{path}:{number}: cannot detect the split format from {line!r}")
+    return "official" if kind == "official" else "clipfsar" if kind == "indexed_path" else "trx"
+
+
+def published_order_for(path: str | os.PathLike, dataset: str) -> str | None:
+    """The shipped class order (`"<source>:<dataset>"`) that names the label ids of the list at `path`, a list of
+    the benchmark `dataset` (a preset name); None when its lines name their classes, no order is shipped for it,
+    or the file cannot be read (reading it later says why). Official lines index the official order, indexed
+    lines (`train3/51958`, `train0//videos/...`) CLIP-FSAR's (TRX's SSv2-Full lists are CLIP-FSAR's)."""
+    path = Path(path)
+    try:
+        first = None if path.is_dir() or path.suffix.lower() == ".jsonl" else _first_listed_line(path)
+    except OSError:
+        return None
+    kind = None if first is None else _classify(first[1])
+    source = {"official": "official", "indexed_path": "clipfsar", "indexed": "clipfsar"}.get(kind or "")
+    spec = f"{source}:{dataset}"
+    return spec if source is not None and spec in class_orders.choices() else None
 
 
 def read_split(

@@ -333,6 +333,21 @@ def test_inductive_mode(test_rows, corpus):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_inductive_evaluation_never_encodes_the_query_set_whole(model, test_rows, corpus, monkeypatch, cache):
+    # 3-way 1-shot 2-query: the support set is 3 videos, the query set 6; inductively only sets of 1 and 3 are run.
+    sizes = []
+    for name in ("encode_videos", "encode_from_prefix"):
+        original = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda x, *a, _f=original, **k: sizes.append(x.shape[0]) or _f(x, *a, **k))
+    loader = _loader(test_rows, n_way=3, n_query=2)
+    evaluate(model, loader, [0], corpus, inductive=True, cache=cache, progress=False)
+    assert sorted(set(sizes)) == [1, 3] and sizes.count(1) == 6
+    sizes.clear()
+    evaluate(model, loader, [0], corpus, cache=cache, progress=False)
+    assert sorted(set(sizes)) == [3, 6]
+
+
 def test_evaluate_restores_the_training_mode_and_replays_plans(model, test_rows, corpus):
     loader = _loader(test_rows)
     model.train()

@@ -27,9 +27,11 @@ class EpisodeFeatures:
     """An episode's features, ready for `model.scores_from_features`."""
 
     support: torch.Tensor  # [C*K, T, E], the support set encoded together
-    query: torch.Tensor  # [C*Q, T, E], the query set encoded together (transductive)
     text: torch.Tensor | None  # [C, S, E]; None when the model scores videos only
-    query_alone: Callable[[int], torch.Tensor]  # q -> [1, T, E]: query q encoded as a set of one (inductive)
+    num_queries: int
+    # (start, stop) -> [stop - start, T, E]: queries start..stop-1 encoded as one set, when asked for (so the
+    # inductive mode, which asks for each query alone, never encodes the whole set too)
+    encode_queries: Callable[[int, int], torch.Tensor]
 
 
 class FeatureSource(Protocol):
@@ -65,9 +67,9 @@ class DirectPrefix:
         query_videos = clips[num_support:]
         return EpisodeFeatures(
             support=support,
-            query=model.encode_videos(query_videos),
             text=model.encode_classes(plan.class_names, self.corpus) if self.needs_text else None,
-            query_alone=lambda q: model.encode_videos(query_videos[q : q + 1]),
+            num_queries=query_videos.shape[0],
+            encode_queries=lambda start, stop: model.encode_videos(query_videos[start:stop]),
         )
 
     def cache_counts(self) -> tuple[int, int]:
@@ -147,9 +149,9 @@ class CachedPrefix:
         query_tokens = stacked[num_support:]
         return EpisodeFeatures(
             support=support,
-            query=model.encode_from_prefix(query_tokens),
             text=self.text(plan.class_names) if self.text is not None else None,
-            query_alone=lambda q: model.encode_from_prefix(query_tokens[q : q + 1]),
+            num_queries=query_tokens.shape[0],
+            encode_queries=lambda start, stop: model.encode_from_prefix(query_tokens[start:stop]),
         )
 
     def cache_counts(self) -> tuple[int, int]:

@@ -135,13 +135,12 @@ def _score_episode(model, plan: EpisodePlan, features: EpisodeFeatures, inductiv
     """Scores [C*Q, C]; inductive: every query alone (its own set of one), so no query sees another."""
     support_labels = torch.as_tensor(plan.support_labels, device=model.device)
     num_classes = len(plan.class_names)
-    if not inductive:
-        return model.scores_from_features(features.support, support_labels, features.query, features.text, num_classes)
+    sets = [(q, q + 1) for q in range(features.num_queries)] if inductive else [(0, features.num_queries)]
     rows = []
-    for q in range(features.query.shape[0]):
-        query = features.query_alone(q)
+    for start, stop in sets:
+        query = features.encode_queries(start, stop)
         rows.append(model.scores_from_features(features.support, support_labels, query, features.text, num_classes))
-    return torch.cat(rows)
+    return torch.cat(rows) if inductive else rows[0]
 
 
 def evaluate(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,23 +150,6 @@ def load_readable(
     return (torch.cat(clips) if clips else None), errors
 
 
-def _decoded_ahead(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-    """fn(item) for each item, in order; the next item is computed in a background thread while the caller works
-    on this one, so at most two results (this one and the next) are held at a time."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taf-predict")
-    try:
-        pending: Future | None = None
-        for item in items:
-            future = pool.submit(fn, item)
-            if pending is not None:
-                yield pending.result()
-            pending = future
-        if pending is not None:
-            yield pending.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def predict(
     model: torch.nn.Module,
     support_dir: str | os.PathLike,
@@ -222,7 +204,10 @@ def classify(
         score = _explaining(score, dict(explain), inductive=not transductive)
     num_frames, image_size = int(model.config.num_frames), int(model.visual.image_size)
     batches = [queries[start : start + int(batch_size)] for start in range(0, len(queries), int(batch_size))]
-    ahead = _decoded_ahead(lambda paths: load_readable(paths, num_frames, image_size, decoder), batches)
+    from .data.episodes import map_ahead
+
+    # the next batch decodes in a background thread while this one is encoded: at most two held at a time
+    ahead = map_ahead(lambda paths: load_readable(paths, num_frames, image_size, decoder), batches, 1, "taf-predict")
     if transductive:  # the whole set, by definition
         return _results(model, score, support[0], [queries], _joined(ahead, batches), alone=False)
     return _results(model, score, support[0], batches, ahead, alone=True)

@@ -168,6 +168,29 @@ class Episode:
     plan: EpisodePlan | None = None  # frame indices, crops and the sampler index used
 
 
+def map_ahead(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int, thread_name: str) -> Iterator[Any]:
+    """fn(item) for each item, in order, computed up to `ahead` items ahead in `ahead` background threads (in this
+    thread when 0): while the caller works on one result, the next ones are being computed, and at most
+    `ahead + 1` results are held. Stopping the iteration early cancels what has not started."""
+    if ahead == 0:
+        for item in items:
+            yield fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix=thread_name)
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class EpisodeLoader:
     """Decoded C-way K-shot episodes from manifest rows, episode ``i`` a pure function of ``(seed, i)``.
 
@@ -439,24 +462,7 @@ class EpisodeLoader:
     # ------------------------------------------------------------------------------------------ iteration
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """fn(item) for each item, in order, computed up to `prefetch` items ahead in background threads."""
-        if self.prefetch == 0:
-            for item in items:
-                yield fn(item)
-            return
-        pool = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="taf-episodes")
-        pending: deque[Future] = deque()
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > self.prefetch:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+        return map_ahead(fn, items, self.prefetch, "taf-episodes")
 
     def iterate(self, start: int, count: int) -> Iterator[Episode]:
         """Episodes start .. start + count - 1, in order, decoded ahead in background threads."""

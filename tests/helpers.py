@@ -90,18 +90,29 @@ def run_prepare(*args):
     )
 
 
-def run_main(main, *args: str):
-    """A command's `main(args)` in this process -> (returncode, stdout, stderr), argparse's exits included."""
+def run_main(main, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+    """A command's `main(args)` in this process -> (returncode, stdout, stderr), argparse's exits included; `cwd`
+    and `env` (added to the environment) hold while it runs."""
     import contextlib
     import io
+    import os
     import types
 
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            returncode = main(list(args))
-        except SystemExit as exc:  # argparse
-            returncode = exc.code
+    os.environ.update(env or {})
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                returncode = main(list(args))
+            except SystemExit as exc:  # argparse
+                returncode = exc.code
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
     return types.SimpleNamespace(returncode=returncode, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 

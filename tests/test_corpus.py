@@ -7,9 +7,7 @@ files they read are written by the tests.
 from __future__ import annotations
 
 import collections
-import contextlib
 import http.server
-import io
 import json
 import os
 import re
@@ -18,14 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import warnings
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 from taskadapter_fast.corpus import main
-from taskadapter_fast.data import load_corpus, resolve_subactions, save_corpus
+from taskadapter_fast.data import http_retry, load_corpus, resolve_subactions, save_corpus
 from taskadapter_fast.data.corpus import validate_corpus
 from taskadapter_fast.data.corpus_generate import INSTRUCTION, parse_stages
 
@@ -58,25 +56,9 @@ def _run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
     )
 
 
-def _run_main(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60):
+def _run_main(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
     """The same command in this process (no interpreter start-up), with the same kind of result."""
-    saved_env = dict(os.environ)
-    saved_cwd = os.getcwd()
-    stdout, stderr = io.StringIO(), io.StringIO()
-    os.environ.update(env or {})
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                returncode = main(list(args))
-            except SystemExit as exc:  # argparse
-                returncode = exc.code
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return types.SimpleNamespace(returncode=returncode, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+    return run_main(main, *args, cwd=cwd, env=env)
 
 
 def _assert_one_line_error(result) -> None:
@@ -709,7 +691,38 @@ def test_fetch_ssv2_full_warns_that_the_file_is_the_ssv2_small_one(tmp_path, fil
     assert "byte copy" in warning and "SSv2-Small" in warning and "generate" in warning
 
 
-def test_fetch_offline_says_which_url_failed(tmp_path):
+def test_fetch_asks_again_when_the_server_is_busy(tmp_path, monkeypatch):
+    # A 503 and a 429 are answers worth waiting out (as for split lists): the third request gets the file.
+    monkeypatch.setattr(http_retry, "DOWNLOAD_BACKOFF_S", 0.0)
+    body = _official_yaml([("clap", "Clap", _stages("clap"))]).encode()
+    answers = [503, 429, 200]
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            status = answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        result = _run_main("fetch", "--dataset", "hmdb51", "--base-url", base, cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert answers == [] and (tmp_path / "classes_hmdb51.yml").read_bytes() == body
+
+
+def test_fetch_offline_says_which_url_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(http_retry, "DOWNLOAD_BACKOFF_S", 0.0)
     base = f"http://127.0.0.1:{_free_port()}/corpus/"
     result = _run_main("fetch", "--dataset", "hmdb51", "--base-url", base, cwd=tmp_path)
     _assert_one_line_error(result)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import run_main
 
-from taskadapter_fast.data import splits_fetch
+from taskadapter_fast.data import http_retry, splits_fetch
 from taskadapter_fast.data.__main__ import main
 from taskadapter_fast.data.splits_fetch import PUBLISHED_SPLITS
 from taskadapter_fast.runconfig import resolve_run_config
@@ -143,7 +143,7 @@ def test_a_missing_file_names_its_url_and_writes_nothing(tmp_path, file_server):
 
 
 def test_a_server_out_of_reach_is_named_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(splits_fetch, "_BACKOFF_S", 0.0)
+    monkeypatch.setattr(http_retry, "DOWNLOAD_BACKOFF_S", 0.0)
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         base = f"http://127.0.0.1:{sock.getsockname()[1]}/"

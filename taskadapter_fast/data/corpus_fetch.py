@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import http.client
 import shlex
 import sys
-import urllib.error
 import urllib.parse
 from pathlib import Path
 
 from .._atomic import atomic_write_bytes
 from .corpus import Corpus, parse_corpus_text, save_corpus
-from .http_retry import opener_for
+from .http_retry import FetchError, download_text
 
 DEFAULT_FETCH_URL = "https://raw.githubusercontent.com/Jaulin-Bage/Task-Adapter-pp/main/corpus/"
 PUBLISHED_FILES = {
@@ -26,11 +24,6 @@ SSV2_FULL_WARNING = (
     "copy of their SSv2-Small (CMN) corpus, so the SSv2-Full classes that are not SSv2-Small classes have no "
     "entry; add them with `python -m taskadapter_fast.corpus generate --labels SPLIT_FILE --into {out}`"
 )
-_FETCH_TIMEOUT_S = 60.0
-
-
-class FetchError(RuntimeError):
-    """The published file could not be downloaded or is not text (the message says what to do instead)."""
 
 
 def fetch_corpus(dataset: str, out: str | None = None, base_url: str = DEFAULT_FETCH_URL) -> tuple[Corpus, str, Path]:
@@ -53,17 +46,8 @@ def fetch_corpus(dataset: str, out: str | None = None, base_url: str = DEFAULT_F
     )
     if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
         raise FetchError(f"--base-url {base_url!r} is not an http(s) or file URL")
-    try:
-        with opener_for(url).open(url, timeout=_FETCH_TIMEOUT_S) as response:
-            data = response.read()
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"could not download {url}: HTTP {exc.code} {exc.reason}; {advice}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        raise FetchError(f"could not download {url}: {getattr(exc, 'reason', None) or exc}; {advice}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FetchError(f"{url} is not UTF-8 text; not a corpus file") from None
+    data = download_text(url, "a corpus file", advice)
+    text = data.decode("utf-8")
     corpus, labels, note = parse_corpus_text(text, url, json_format=url.lower().endswith(".json"))
     if note:
         print(f"note: {note}", file=sys.stderr)

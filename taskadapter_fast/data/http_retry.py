@@ -164,3 +164,55 @@ def with_retries(
     if only_connection_errors and not answered.is_set():  # once it has answered, one slow label is no reason
         raise Fatal(f"cannot reach {url} after {attempts} attempts: {last_problem}")
     raise RequestFailed(f"{last_problem} (after {attempts} attempts)")
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_RETRIES = 3
+DOWNLOAD_BACKOFF_S = 1.0
+
+
+class FetchError(RuntimeError):
+    """A published file could not be downloaded or is not what it should be (the message says what to do)."""
+
+
+def _get(url: str, answered: threading.Event) -> bytes:
+    """One GET of `url`: its bytes, or Retryable / RequestFailed / Fatal as this module sorts them."""
+    try:
+        with opener_for(url).open(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            data = response.read()
+    except urllib.error.HTTPError as exc:
+        answered.set()
+        message = f"HTTP {exc.code} {exc.reason}"
+        if exc.code in RETRY_STATUS or exc.code >= 500:
+            raise Retryable(message, retry_after(exc.headers.get("Retry-After"))) from None
+        if exc.code in FATAL_STATUS:
+            raise Fatal(message) from None
+        raise RequestFailed(message) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise Retryable(f"connection error: {getattr(exc, 'reason', None) or exc}", connection=True) from None
+    answered.set()
+    return data
+
+
+def download_text(url: str, what: str, advice: str) -> bytes:
+    """The bytes of the UTF-8 text file at `url` (`what` it should be, e.g. "a split list"), retrying what may
+    pass on a second try (busy or broken server, lost connection); FetchError naming the URL, ending with
+    `advice`, when it cannot be downloaded, and naming the URL when it is not UTF-8 text or is empty."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
+        raise FetchError(f"{url} is not an http(s) or file URL")
+    answered = threading.Event()
+    try:
+        data = with_retries(
+            lambda: _get(url, answered), DOWNLOAD_RETRIES, DOWNLOAD_BACKOFF_S, threading.Event(), url, answered
+        )
+    except (Fatal, RequestFailed) as exc:
+        problem = str(exc).replace(f"cannot reach {url} ", "no answer ")  # the message names the URL once
+        raise FetchError(f"could not download {url}: {problem}; {advice}") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FetchError(f"{url} is not UTF-8 text (byte {exc.start}); not {what}") from None
+    if not data.strip():
+        raise FetchError(f"{url} is empty; not {what}")
+    return data

@@ -11,29 +11,16 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import http.client
 import json
 import re
 import shlex
-import threading
-import urllib.error
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._atomic import atomic_write_bytes, atomic_write_text
 from .corpus_fetch import PUBLISHED_FILES as PUBLISHED_CORPORA
-from .corpus_fetch import FetchError
-from .http_retry import (
-    FATAL_STATUS,
-    RETRY_STATUS,
-    Fatal,
-    RequestFailed,
-    Retryable,
-    opener_for,
-    retry_after,
-    with_retries,
-)
+from .http_retry import download_text
 
 SOURCES = ("official", "trx", "clipfsar")
 DATASETS = ("hmdb51", "ucf101", "kinetics", "ssv2_small", "ssv2_full")  # the preset names
@@ -70,9 +57,6 @@ MANIFEST_NAME = "sources.json"
 # Names for the val classes of an index-only list no source names (SSv2-Full): a user's file, read from the folder.
 VAL_NAMES_FILE = "val_class_names.txt"
 VIDEO_ROOT_PLACEHOLDER = "VIDEO_ROOT"
-_TIMEOUT_S = 60.0
-_MAX_RETRIES = 3
-_BACKOFF_S = 1.0
 
 
 class UnpublishedSplits(ValueError):
@@ -135,42 +119,9 @@ def split_paths(source: str, dataset: str) -> tuple[str, str, str]:
         ) from None
 
 
-def _get(url: str, answered: threading.Event) -> bytes:
-    """One GET of `url`: its bytes, or Retryable / RequestFailed / Fatal as `http_retry` sorts them."""
-    try:
-        with opener_for(url).open(url, timeout=_TIMEOUT_S) as response:
-            data = response.read()
-    except urllib.error.HTTPError as exc:
-        answered.set()
-        message = f"HTTP {exc.code} {exc.reason}"
-        if exc.code in RETRY_STATUS or exc.code >= 500:
-            raise Retryable(message, retry_after(exc.headers.get("Retry-After"))) from None
-        if exc.code in FATAL_STATUS:
-            raise Fatal(message) from None
-        raise RequestFailed(message) from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        raise Retryable(f"connection error: {getattr(exc, 'reason', None) or exc}", connection=True) from None
-    answered.set()
-    return data
-
-
 def download(url: str) -> bytes:
-    """The bytes at `url`, retrying what may pass on a second try; FetchError naming the URL otherwise."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
-        raise FetchError(f"{url} is not an http(s) or file URL")
-    answered = threading.Event()
-    try:
-        data = with_retries(lambda: _get(url, answered), _MAX_RETRIES, _BACKOFF_S, threading.Event(), url, answered)
-    except (Fatal, RequestFailed) as exc:
-        problem = str(exc).replace(f"cannot reach {url} ", "no answer ")  # the message names the URL once
-        raise FetchError(f"could not download {url}: {problem}; pass --base-url with a reachable copy") from None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FetchError(f"{url} is not UTF-8 text (byte {exc.start}); not a split list") from None
-    if not data.strip():
-        raise FetchError(f"{url} is empty; not a split list")
-    return data
+    """The split list at `url`, retrying what may pass on a second try; FetchError naming the URL otherwise."""
+    return download_text(url, "a split list", "pass --base-url with a reachable copy")
 
 
 def fetch_splits(source: str, dataset: str, out: str | Path, base_url: str | None = None) -> FetchedSplits:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .collect import Explanation
 
-DPI = 90  # frames are small: enough to read the labels, a page of 10 queries stays around a megabyte
+DPI = 100  # frames are small: enough to read the labels, a page of 10 queries stays around a megabyte
 HEAT = "turbo"  # the attention overlay's colour map
 PRED_COLOUR, TRUE_COLOUR, OTHER_COLOUR = "#d95f02", "#1b9e77", "#9fb3d1"
 SPATIAL_LABEL = "colour: share of the class token's attention (last adapted block, mean over heads)"
@@ -37,6 +37,7 @@ ROLLOUT_LABEL = "colour: share of the class token's attention, rolled out throug
 TASK_LABEL = "share of the frame's Task-MSA attention\n(class token, last adapted block,\nmean over heads)"
 INDUCTIVE_NOTE = "each query encoded alone: its Task-MSA sees only itself"
 NO_TASK_NOTE = "no Task-MSA (task adapters off): the frames attend within their own video only"
+STAGE_TEXTS_UP_TO = 10  # the PNG's stage table writes each stage's text in its cell up to this many classes
 NO_SEMANTIC_NOTE = "the model has no semantic branch (score = video): no stage table and no Ṗ"
 
 Item = tuple["Explanation", int]  # an explanation and one of its queries
@@ -158,20 +159,20 @@ def _draw_frames(fig: Figure | SubFigure, e: Explanation, q: int) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"frame {t + 1}", fontsize=10)
-        axes[r, 0].set_ylabel(title, fontsize=9)
+                ax.set_title(f"frame {t + 1}", fontsize=11)
+        axes[r, 0].set_ylabel(title, fontsize=10)
         bar = fig.colorbar(
             ScalarMappable(norm, HEAT), ax=list(axes[r]), location="bottom", shrink=0.6, aspect=50,
             format=PercentFormatter(1.0, decimals=1),
         )  # fmt: skip
-        bar.set_label(label, fontsize=8.5)
-        bar.ax.tick_params(labelsize=7)
+        bar.set_label(label, fontsize=9.5)
+        bar.ax.tick_params(labelsize=8)
 
 
 def _task_size(e: Explanation, q: int) -> tuple[float, float]:
     videos = len(e.task_videos[q])
     legend = 3.2 if _numbered(e.task_videos[q]) else 0.0
-    return max(4.8, 0.55 * videos + 3.2) + legend, 0.32 * e.frames.shape[1] + 2.2
+    return max(6.0, 0.55 * videos + 3.2) + legend, 0.32 * e.frames.shape[1] + 2.4
 
 
 def _draw_task(fig: Figure | SubFigure, e: Explanation, q: int, legend: bool) -> None:
@@ -184,32 +185,32 @@ def _draw_task(fig: Figure | SubFigure, e: Explanation, q: int, legend: bool) ->
     if numbered and legend:
         ax, text_ax = fig.subplots(1, 2, width_ratios=[max(3.0, 0.55 * num_videos), 3.2])
         lines = [f"{v + 1}: {textwrap.shorten(name, 200)}" for v, name in enumerate(videos)]
-        text_ax.text(0, 1, _mpl("\n".join(lines)), va="top", fontsize=7, transform=text_ax.transAxes)
+        text_ax.text(0, 1, _mpl("\n".join(lines)), va="top", fontsize=8, transform=text_ax.transAxes)
         text_ax.axis("off")
     else:
         ax = fig.subplots()
-    image = ax.imshow(matrix.numpy(), cmap="Blues", vmin=0, vmax=float(matrix.max()), aspect="auto")
+    low, top = float(matrix.min()), float(matrix.max())
+    if top - low < 1e-3:  # (nearly) uniform, e.g. a set of one: the whole probability scale
+        low, top = 0.0, max(top, 1.0)
+    image = ax.imshow(matrix.numpy(), cmap="Blues", vmin=low, vmax=top, aspect="auto")
     ticks = [str(v + 1) if numbered else _wrap(name, 16) for v, name in enumerate(videos)]
     if own is not None:
         ticks[own] += "\n(this query)"
         ax.add_patch(Rectangle((own - 0.5, -0.5), 1, num_frames, fill=False, edgecolor=PRED_COLOUR, lw=2.5))
-    ax.set_xticks(range(num_videos), ticks, fontsize=8, rotation=0 if numbered or num_videos < 6 else 45)
-    ax.set_yticks(range(num_frames), [f"frame {t + 1}" for t in range(num_frames)], fontsize=8)
-    ax.set_xlabel("videos its Task-MSA attends over" + (" (numbered: see the list)" if numbered else ""), fontsize=9)
+    ax.set_xticks(range(num_videos), ticks, fontsize=9, rotation=0 if numbered or num_videos < 6 else 45)
+    ax.set_yticks(range(num_frames), [f"frame {t + 1}" for t in range(num_frames)], fontsize=9)
+    ax.set_xlabel("videos its Task-MSA attends over" + (" (numbered: see the list)" if numbered else ""), fontsize=10)
     if num_frames * num_videos <= 160:
-        top = float(matrix.max())
         for t in range(num_frames):
             for v in range(num_videos):
                 value = float(matrix[t, v])
-                colour = "white" if value > 0.6 * top else "black"
-                ax.text(v, t, f"{value:.2f}", ha="center", va="center", fontsize=6.5, color=colour)
-    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label(TASK_LABEL, fontsize=7.5)
-    bar.ax.tick_params(labelsize=7)
-    ax.set_title(
-        "Task-MSA: how much each frame attends to each video" + (f"\n({INDUCTIVE_NOTE})" if e.inductive else ""),
-        fontsize=10,
-    )
+                colour = "white" if value > low + 0.6 * (top - low) else "black"
+                ax.text(v, t, f"{value:.3f}", ha="center", va="center", fontsize=7.5, color=colour)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, format="%.3f")
+    bar.set_label(TASK_LABEL, fontsize=8.5)
+    bar.ax.tick_params(labelsize=8)
+    title = "Task-MSA: how much each frame attends to each video" + (f" ({INDUCTIVE_NOTE})" if e.inductive else "")
+    ax.set_title(textwrap.fill(title, 48), fontsize=11)
 
 
 def _class_tick(e: Explanation, q: int, c: int, width: int) -> str:
@@ -247,19 +248,20 @@ def _draw_bars(fig: Figure | SubFigure, e: Explanation, q: int) -> None:
         ax.axvline(0, color="black", lw=0.6)
         for c, value in enumerate(values.tolist()):
             note = f"{value:.3f}" + (f"  (p {_percent(float(probabilities[c]))})" if i == len(parts) - 1 else "")
-            ax.text(max(value, 0.0) + 0.02 * span, c, note, va="center", fontsize=7.5)
-        ax.set_title(name, fontsize=10)
-        ax.tick_params(labelsize=7.5)
-    axes[0].set_yticks(range(classes), [_class_tick(e, q, c, 26) for c in range(classes)], fontsize=8)
+            ax.text(max(value, 0.0) + 0.02 * span, c, note, va="center", fontsize=8.5)
+        ax.set_title(name, fontsize=11)
+        ax.tick_params(labelsize=8.5)
+    axes[0].set_yticks(range(classes), [_class_tick(e, q, c, 26) for c in range(classes)], fontsize=9)
     axes[0].invert_yaxis()
     legend = [Patch(color=PRED_COLOUR, label="predicted class"), Patch(color=OTHER_COLOUR, label="other class")]
     if true is not None:
         legend.append(Patch(facecolor="white", edgecolor=TRUE_COLOUR, linewidth=2.5, label="true class (outline)"))
-    fig.legend(handles=legend, fontsize=8, loc="outside lower center", ncols=len(legend))
+    fig.legend(handles=legend, fontsize=9, loc="outside lower center", ncols=len(legend))
 
 
 def _stage_size(e: Explanation) -> tuple[float, float]:
-    return 2.2 * len(e.class_names) + 3.0, 0.9 * (e.stage_similarity.shape[1] + 1) + 1.6
+    per_class = 2.2 if len(e.class_names) <= STAGE_TEXTS_UP_TO else 1.1
+    return per_class * len(e.class_names) + 3.0, 0.9 * (e.stage_similarity.shape[1] + 1) + 1.6
 
 
 def _draw_stages(fig: Figure | SubFigure, e: Explanation, q: int, static: bool) -> None:
@@ -268,26 +270,28 @@ def _draw_stages(fig: Figure | SubFigure, e: Explanation, q: int, static: bool) 
     mean = table.mean(0) if static else e.semantic_score[q].float()
     values = torch.cat([table, mean[None]])
     stages, classes = table.shape
+    texts = classes <= STAGE_TEXTS_UP_TO  # more classes: the cells are too narrow for the texts (the HTML has them)
     ax = fig.subplots()
     image = ax.imshow(values.numpy(), cmap="Blues", aspect="auto", alpha=0.75)
     ax.axhline(stages - 0.5, color="black", lw=1.5)
     for s in range(stages + 1):
         for c in range(classes):
-            text = "" if static or s == stages else "\n" + _wrap(_stage_text(e, c, s), 30)
+            text = "" if static or s == stages or not texts else "\n" + _wrap(_stage_text(e, c, s), 30)
             weight = "bold" if s == stages else "normal"
-            ax.text(c, s, f"{values[s, c]:.3f}" + text, ha="center", va="center", fontsize=7.5, weight=weight)
+            ax.text(c, s, f"{values[s, c]:.3f}" + text, ha="center", va="center", fontsize=8.5, weight=weight)
     rows = [_stage_label(e, s) for s in range(stages)] + ["mean = Ṗ" if not static else "mean"]
-    ax.set_yticks(range(stages + 1), [_wrap(r, 20) for r in rows], fontsize=8)
-    ax.set_xticks(range(classes), [_class_tick(e, q, c, 24) for c in range(classes)], fontsize=8)
+    ax.set_yticks(range(stages + 1), [_wrap(r, 20) for r in rows], fontsize=9)
+    ticks = [_class_tick(e, q, c, 24 if texts else 32) for c in range(classes)]
+    ax.set_xticks(range(classes), ticks, fontsize=9, rotation=0 if texts else 50, ha="center" if texts else "left")
     ax.xaxis.tick_top()
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label(r"cosine $\cos(\bar{F}_Q[s], F_T^c[s])$", fontsize=8)
+    bar.set_label(r"cosine $\cos(\bar{F}_Q[s], F_T^c[s])$", fontsize=9)
     title = (
         "static label prompt at every stage (the paper's comparison)"
         if static
         else "stage-wise matching, eqs. (16)-(17)"
     )
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=11)
 
 
 def _notes(e: Explanation) -> list[str]:
@@ -303,24 +307,23 @@ def _headline(e: Explanation, q: int) -> str:
 
 
 def _composite(e: Explanation, q: int) -> Figure:
-    """One figure with the four parts of a query, stacked: frames, Task-MSA, stage table(s), score bars."""
-    parts = [(_frames_height(e), lambda fig: _draw_frames(fig, e, q))]
-    widths = [_frames_width(e), 10.0]
+    """One figure with the four parts of a query, stacked (frames, Task-MSA, stage table(s), score bars), each at
+    its own width from the left."""
+    parts = [(_frames_width(e), _frames_height(e), lambda fig: _draw_frames(fig, e, q))]
     if e.task_attention is not None:
-        widths.append(_task_size(e, q)[0])
-        parts.append((_task_size(e, q)[1], lambda fig: _draw_task(fig, e, q, legend=True)))
+        parts.append((*_task_size(e, q), lambda fig: _draw_task(fig, e, q, legend=True)))
     if e.stage_similarity is not None:
-        widths.append(_stage_size(e)[0])
-        parts.append((_stage_size(e)[1], lambda fig: _draw_stages(fig, e, q, static=False)))
+        parts.append((*_stage_size(e), lambda fig: _draw_stages(fig, e, q, static=False)))
         if e.static_stage_similarity is not None:
-            parts.append((_stage_size(e)[1], lambda fig: _draw_stages(fig, e, q, static=True)))
-    parts.append((_bars_height(e), lambda fig: _draw_bars(fig, e, q)))
-    heights = [height for height, _ in parts]
-    figure = _figure(max(widths), sum(heights) + 0.8)
-    title = "\n".join([_headline(e, q), *_notes(e)])
-    figure.suptitle(_mpl(title), fontsize=12)
-    for sub, (_, draw) in zip(figure.subfigures(len(parts), 1, height_ratios=heights), parts, strict=True):
-        draw(sub)
+            parts.append((*_stage_size(e), lambda fig: _draw_stages(fig, e, q, static=True)))
+    parts.append((10.0, _bars_height(e), lambda fig: _draw_bars(fig, e, q)))
+    width, heights = max(w for w, _, _ in parts), [h for _, h, _ in parts]
+    figure = _figure(width, sum(heights) + 0.8)
+    figure.suptitle(_mpl("\n".join([_headline(e, q), *_notes(e)])), fontsize=13)
+    for sub, (part_width, _, draw) in zip(figure.subfigures(len(parts), 1, height_ratios=heights), parts, strict=True):
+        draw(
+            sub if part_width > width - 0.5 else sub.subfigures(1, 2, width_ratios=[part_width, width - part_width])[0]
+        )
     return figure
 
 

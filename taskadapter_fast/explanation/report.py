@@ -29,14 +29,14 @@ if TYPE_CHECKING:
 
     from .collect import Explanation
 
-DPI = 100  # frames are small: enough to read the labels, a page of 10 queries stays around a megabyte
+DPI = 100  # enough to read the labels; a query's pictures take about 300 kB (5 classes, 8 frames)
 HEAT = "turbo"  # the attention overlay's colour map
 PRED_COLOUR, TRUE_COLOUR, OTHER_COLOUR = "#d95f02", "#1b9e77", "#9fb3d1"
 SPATIAL_LABEL = "colour: share of the class token's attention (last adapted block, mean over heads)"
 ROLLOUT_LABEL = "colour: share of the class token's attention, rolled out through the adapted blocks"
 TASK_LABEL = "share of the frame's Task-MSA attention\n(class token, last adapted block,\nmean over heads)"
 INDUCTIVE_NOTE = "each query encoded alone: its Task-MSA sees only itself"
-NO_TASK_NOTE = "no Task-MSA (task adapters off): the frames attend within their own video only"
+NO_TASK_NOTE = "no Task-MSA (task adapters off): no attention across the videos of the set"
 STAGE_TEXTS_UP_TO = 10  # the PNG's stage table writes each stage's text in its cell up to this many classes
 NO_SEMANTIC_NOTE = "the model has no semantic branch (score = video): no stage table and no Ṗ"
 
@@ -150,9 +150,8 @@ def _draw_frames(fig: Figure | SubFigure, e: Explanation, q: int) -> None:
     axes = fig.subplots(len(rows), frames.shape[0], squeeze=False)
     for r, (title, maps, label) in enumerate(rows):
         heat = F.interpolate(maps.float()[None], size=tuple(frames.shape[1:3]), mode="bilinear")[0]
-        norm = Normalize(
-            float(maps.min()), max(float(maps.max()), float(maps.min()) + 1e-12)
-        )  # spread: the query's range
+        low, top = float(maps.min()), float(maps.max())
+        norm = Normalize(low, max(top, low + 1e-12))  # the query's range, so that differences show
         for t, ax in enumerate(axes[r]):
             ax.imshow(frames[t].numpy())
             ax.imshow(heat[t].numpy(), cmap=HEAT, norm=norm, alpha=0.5)
@@ -184,7 +183,7 @@ def _draw_task(fig: Figure | SubFigure, e: Explanation, q: int, legend: bool) ->
     num_frames, num_videos = matrix.shape
     if numbered and legend:
         ax, text_ax = fig.subplots(1, 2, width_ratios=[max(3.0, 0.55 * num_videos), 3.2])
-        lines = [f"{v + 1}: {textwrap.shorten(name, 200)}" for v, name in enumerate(videos)]
+        lines = [f"{v + 1}: " + textwrap.fill(name, 48, subsequent_indent="    ") for v, name in enumerate(videos)]
         text_ax.text(0, 1, _mpl("\n".join(lines)), va="top", fontsize=8, transform=text_ax.transAxes)
         text_ax.axis("off")
     else:

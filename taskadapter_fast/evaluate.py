@@ -319,7 +319,8 @@ def evaluate_once(args: argparse.Namespace, testbed: Testbed, settings: Settings
 
 def explain_first(args: argparse.Namespace, testbed: Testbed, loader, plans, setting: str) -> dict[str, Any]:
     """--explain DIR: the report of the queries of `plans` (the first evaluated episodes) -> the report's entry."""
-    from .evaluation.explained import explain_episodes, write_report, wrong_count
+    from .evaluation.explained import explain_episodes, wrong_count
+    from .explanation.report import write_report
 
     explanations = explain_episodes(
         testbed.model, loader, plans, testbed.corpus, inductive=testbed.inductive, rollout=args.rollout,

@@ -1,4 +1,5 @@
-"""`evaluate --explain`: explanations (`taskadapter_fast.explanation`) of the queries of evaluated episodes."""
+"""`evaluate --explain`: explanations (`taskadapter_fast.explanation`) of the queries of evaluated episodes
+(`explanation.report.write_report` draws them)."""
 
 from __future__ import annotations
 
@@ -58,15 +59,6 @@ def explain_episodes(
     finally:
         model.train(was_training)
     return explanations
-
-
-def write_report(explanations: Sequence[Explanation], folder: str | Path, title: str) -> tuple[Path, list[Path]]:
-    """`folder/index.html` (wrong predictions first) and a PNG per query beside it -> (the page, the PNGs)."""
-    from ..explanation.report import save_html, save_pngs
-
-    folder = Path(folder)
-    page = save_html([e.cpu() for e in explanations], folder / "index.html", title=title, wrong_first=True)
-    return page, save_pngs([e.cpu() for e in explanations], folder)
 
 
 def wrong_count(explanations: Sequence[Explanation]) -> int:

@@ -326,9 +326,10 @@ def _composite(e: Explanation, q: int) -> Figure:
     return figure
 
 
-def save_pngs(explanations: Sequence[Explanation], folder: str | os.PathLike) -> list[Path]:
-    """One PNG per query, `<folder>/<NNN>_<query name>.png` (NNN = 001.. in the report's order); their paths."""
-    items = _ordered([e.cpu() for e in explanations], wrong_first=False)
+def save_pngs(explanations: Sequence[Explanation], folder: str | os.PathLike, wrong_first: bool = False) -> list[Path]:
+    """One PNG per query, `<folder>/<NNN>_<query name>.png` (NNN = 001.. in the report's order: as given, or the
+    wrong predictions first); their paths."""
+    items = _ordered([e.cpu() for e in explanations], wrong_first)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -529,3 +530,13 @@ def save_html(
         f"{sections}</body></html>\n"
     )
     return atomic_write_text(path, page)
+
+
+def write_report(
+    explanations: Sequence[Explanation], folder: str | os.PathLike, title: str, wrong_first: bool = True
+) -> tuple[Path, list[Path]]:
+    """`folder/index.html` and a PNG per query beside it, numbered alike (wrong predictions first where the true
+    classes are known) -> (the page, the PNGs). What `predict --explain` and `evaluate --explain` write."""
+    explanations = [e.cpu() for e in explanations]
+    page = save_html(explanations, Path(folder) / "index.html", title=title, wrong_first=wrong_first)
+    return page, save_pngs(explanations, folder, wrong_first=wrong_first)

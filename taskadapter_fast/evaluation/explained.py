@@ -12,9 +12,8 @@ from ..explanation import Explanation, explain
 
 
 def query_name(loader: EpisodeLoader, plan: EpisodePlan, q: int) -> str:
-    """'episode <i>, query <q>: <class folder>/<video>' (the last two parts of its path)."""
-    path = Path(loader.rows[int(plan.query_rows[q])].path)
-    return f"episode {plan.index}, query {q + 1}: {path.parent.name}/{path.name}"
+    """'episode <i>, query <q>: <video file or folder name>' (its class is the true class the report shows)."""
+    return f"episode {plan.index}, query {q + 1}: {Path(loader.rows[int(plan.query_rows[q])].path).name}"
 
 
 def explain_episodes(

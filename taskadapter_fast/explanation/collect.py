@@ -173,6 +173,15 @@ def stage_texts(model, class_names: Sequence[str], corpus, sub_actions: str | No
     return [prompts[c * per_class : (c + 1) * per_class] for c in range(len(class_names))]
 
 
+def _task_videos(names: list[str], class_names, query_labels, inductive: bool) -> list[list[str]]:
+    """Per query, the videos its Task-MSA attends over: the query set (or itself alone), each with its true class
+    when known."""
+    if query_labels is not None:
+        labels = torch.as_tensor(query_labels).tolist()
+        names = [f"{name} ({class_names[label]})" for name, label in zip(names, labels, strict=True)]
+    return [[name] for name in names] if inductive else [names] * len(names)
+
+
 def _model_summary(model, inductive: bool) -> str:
     config = model.config
     parts = [
@@ -261,7 +270,7 @@ def explain_queries(
         stage_texts=stage_texts(model, class_names, corpus) if stages is not None else [[] for _ in class_names],
         frames=denormalize(query),
         query_names=names,
-        task_videos=[[names[q]] for q in range(num_queries)] if inductive else [names] * num_queries,
+        task_videos=_task_videos(names, class_names, query_labels, inductive),
         query_labels=None if query_labels is None else torch.as_tensor(query_labels).cpu(),
         rollout=patch_map(torch.cat([r.rollout for r in recorders]), grid) if rollout else None,
         static_stage_similarity=static,

@@ -298,11 +298,13 @@ def _notes(e: Explanation) -> list[str]:
     return notes + ([NO_SEMANTIC_NOTE] if e.stage_similarity is None else [])
 
 
-def _headline(e: Explanation, q: int) -> str:
+def _headline(e: Explanation, q: int, width: int) -> str:
+    """The query's name, then its verdict, each wrapped to `width` characters (a figure title is not wrapped)."""
     true = _true_class(e, q)
     status = {"correct": "CORRECT", "wrong": "WRONG", "unknown": "true class unknown"}[_status(e, q)]
-    parts = [e.query_names[q], f"predicted: {e.class_names[int(e.predictions[q])]}"]
-    return " | ".join(parts + ([] if true is None else [f"true: {e.class_names[true]}"]) + [status])
+    verdict = [f"predicted: {e.class_names[int(e.predictions[q])]}"]
+    verdict += ([] if true is None else [f"true: {e.class_names[true]}"]) + [status]
+    return "\n".join([textwrap.fill(e.query_names[q], width), textwrap.fill(" | ".join(verdict), width)])
 
 
 def _composite(e: Explanation, q: int) -> Figure:
@@ -318,7 +320,7 @@ def _composite(e: Explanation, q: int) -> Figure:
     parts.append((10.0, _bars_height(e), lambda fig: _draw_bars(fig, e, q)))
     width, heights = max(w for w, _, _ in parts), [h for _, h, _ in parts]
     figure = _figure(width, sum(heights) + 0.8)
-    figure.suptitle(_mpl("\n".join([_headline(e, q), *_notes(e)])), fontsize=13)
+    figure.suptitle(_mpl("\n".join([_headline(e, q, int(width * 8)), *_notes(e)])), fontsize=13)
     for sub, (part_width, _, draw) in zip(figure.subfigures(len(parts), 1, height_ratios=heights), parts, strict=True):
         draw(
             sub if part_width > width - 0.5 else sub.subfigures(1, 2, width_ratios=[part_width, width - part_width])[0]

@@ -38,7 +38,7 @@ def test_scores_equal_the_models_own_and_the_parts_add_up(model):
     assert got.task_attention.shape == (10, T, 10)  # the query set is the 10 queries
     classes = [names[label] for label in episode[3].tolist()]  # the set's videos, each with its true class
     assert got.task_videos[0] == [f"{n} ({c})" for n, c in zip(got.query_names, classes, strict=True)]
-    assert got.frames.shape == (10, T, S, S, 3)
+    assert got.task_self == list(range(10)) and got.frames.shape == (10, T, S, S, 3)
     assert got.stage_texts[2] == make_corpus(5)["class 2"]
 
 
@@ -58,7 +58,7 @@ def test_inductive_scores_equal_each_query_scored_alone(model):
         alone = torch.cat([model(support, labels, query[q : q + 1], names, make_corpus(3)) for q in range(6)])
     assert torch.equal(got.scores, alone)
     assert got.task_attention.shape == (6, T, 1) and bool((got.task_attention == 1).all())
-    assert got.task_videos[4] == [f"{got.query_names[4]} ({names[query_labels[4]]})"]
+    assert got.task_videos[4] == [f"{got.query_names[4]} ({names[query_labels[4]]})"] and got.task_self == [0] * 6
 
 
 def test_attention_maps_are_distributions(model):

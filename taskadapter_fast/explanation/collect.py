@@ -51,6 +51,7 @@ class Explanation:
     frames: torch.Tensor  # [Q, T, S, S, 3] uint8 on the CPU: the query frames as the model saw them
     query_names: list[str]  # a name per query (its file, or "query <i>")
     task_videos: list[list[str]]  # per query, the names of the V videos its Task-MSA attends over
+    task_self: list[int]  # per query, which of its task_videos is the query itself
     query_labels: torch.Tensor | None = None  # [Q] the true class of each query, when known
     rollout: torch.Tensor | None = None  # [Q, T, H', W'] attention rollout through the adapted blocks
     static_stage_similarity: torch.Tensor | None = None  # [Q, S, C] the stage table with the static label prompt
@@ -271,6 +272,7 @@ def explain_queries(
         frames=denormalize(query),
         query_names=names,
         task_videos=_task_videos(names, class_names, query_labels, inductive),
+        task_self=[0] * num_queries if inductive else list(range(num_queries)),
         query_labels=None if query_labels is None else torch.as_tensor(query_labels).cpu(),
         rollout=patch_map(torch.cat([r.rollout for r in recorders]), grid) if rollout else None,
         static_stage_similarity=static,

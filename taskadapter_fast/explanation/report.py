@@ -92,16 +92,6 @@ def _stage_text(e: Explanation, c: int, s: int) -> str:
     return texts[s] if s < len(texts) else (texts[0] if len(texts) == 1 else "")
 
 
-def _own_column(e: Explanation, q: int) -> int | None:
-    """Which of the videos the query's Task-MSA attends over is the query itself."""
-    videos, name = e.task_videos[q], e.query_names[q]
-    if len(videos) == 1:
-        return 0
-    if q < len(videos) and videos[q] == name:
-        return q
-    return videos.index(name) if name in videos else None
-
-
 def _numbered(videos: Sequence[str]) -> bool:
     """Numbered columns (with a legend listing the names) where the names would not fit under the matrix."""
     return len(videos) > 12 or max(len(v) for v in videos) > 16
@@ -179,7 +169,7 @@ def _draw_task(fig: Figure | SubFigure, e: Explanation, q: int, legend: bool) ->
     from matplotlib.patches import Rectangle
 
     matrix, videos = e.task_attention[q].float(), e.task_videos[q]
-    numbered, own = _numbered(videos), _own_column(e, q)
+    numbered, own = _numbered(videos), e.task_self[q]  # which of the videos is the query itself
     num_frames, num_videos = matrix.shape
     if numbered and legend:
         ax, text_ax = fig.subplots(1, 2, width_ratios=[max(3.0, 0.55 * num_videos), 3.2])
@@ -193,9 +183,8 @@ def _draw_task(fig: Figure | SubFigure, e: Explanation, q: int, legend: bool) ->
         low, top = 0.0, max(top, 1.0)
     image = ax.imshow(matrix.numpy(), cmap="Blues", vmin=low, vmax=top, aspect="auto")
     ticks = [str(v + 1) if numbered else _wrap(name, 16) for v, name in enumerate(videos)]
-    if own is not None:
-        ticks[own] += "\n(this query)"
-        ax.add_patch(Rectangle((own - 0.5, -0.5), 1, num_frames, fill=False, edgecolor=PRED_COLOUR, lw=2.5))
+    ticks[own] += "\n(this query)"
+    ax.add_patch(Rectangle((own - 0.5, -0.5), 1, num_frames, fill=False, edgecolor=PRED_COLOUR, lw=2.5))
     ax.set_xticks(range(num_videos), ticks, fontsize=9, rotation=0 if numbered or num_videos < 6 else 45)
     ax.set_yticks(range(num_frames), [f"frame {t + 1}" for t in range(num_frames)], fontsize=9)
     ax.set_xlabel("videos its Task-MSA attends over" + (" (numbered: see the list)" if numbered else ""), fontsize=10)

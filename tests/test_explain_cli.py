@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from helpers import run_main, write_video
+from helpers import randomize_adapters, run_main, write_video
 
 from taskadapter_fast import create_model
 from taskadapter_fast.checkpoint import save_adapters
@@ -57,11 +57,7 @@ def setup(tmp_path_factory):
         }
     )
     torch.manual_seed(SEED)  # as the trainer builds its model: the random backbone follows train.seed
-    model = create_model(run.model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.trainable_parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    model = randomize_adapters(create_model(run.model), seed=1, scale=0.2)  # as after some training
     checkpoint = save_adapters(model, folder / "best.safetensors", {"run_config": run.to_json()})
     return {"folder": folder, "dataset": dataset, "support": support, "queries": [str(q) for q in queries],
             "model": model, "checkpoint": checkpoint, "corpus": dataset.corpus}  # fmt: skip

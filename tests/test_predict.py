@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from helpers import randomize_adapters
 
 from taskadapter_fast import create_model
 from taskadapter_fast.checkpoint import save_adapters
@@ -48,11 +49,7 @@ def setup(tmp_path_factory):
         }
     )
     torch.manual_seed(TRAIN_SEED)
-    model = create_model(run.model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.trainable_parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    model = randomize_adapters(create_model(run.model), seed=1, scale=0.2)  # as after some training
     checkpoint = save_adapters(model, folder / "best.safetensors", {"run_config": run.to_json()})
     classes = sorted(path.name for path in support.iterdir())
     return {"folder": folder, "dataset": dataset, "support": support, "queries": queries, "classes": classes,

@@ -42,7 +42,9 @@ def test_scores_equal_the_models_own_and_the_parts_add_up(model):
     assert got.stage_texts[2] == make_corpus(5)["class 2"]
 
 
-def test_scores_equal_the_models_own_under_bf16_autocast(model):
+@pytest.mark.parametrize("impl", ["auto", "reference", "triton"])
+def test_scores_equal_the_models_own_under_bf16_autocast(impl):
+    model = randomize_adapters(taf.create_model("tiny", impl=impl), scale=0.2).eval()
     episode = make_episode(num_classes=3, shots=2, queries=1, seed=1)
     support, labels, query, _, names = episode
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -206,3 +208,19 @@ def test_bad_arguments_are_refused_as_the_model_refuses_them(model):
         taf.explain(model, support, labels + 1, query, names, make_corpus(3))
     with pytest.raises(ValueError, match="query_names has 1 names for 3 queries"):
         taf.explain(model, support, labels, query, names, make_corpus(3), query_names=["one"])
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the Triton kernels under bf16 autocast")
+def test_on_the_gpu_the_scores_are_the_models_own_with_the_triton_kernels():
+    torch.manual_seed(0)
+    model = randomize_adapters(taf.create_model("tiny", impl="triton", device="cuda"), scale=0.2).eval()
+    support, labels, query, query_labels, names = make_episode(num_classes=5, shots=1, queries=2)
+    support, labels, query = support.cuda(), labels.cuda(), query.cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(support, labels, query, names, make_corpus(5))
+        got = taf.explain(model, support, labels, query, names, make_corpus(5), query_labels=query_labels, rollout=True)
+    assert got.scores.device.type == "cuda" and torch.equal(got.scores, expected)
+    torch.testing.assert_close(got.spatial_attention.sum(dim=(-2, -1)).cpu(), torch.ones(10, T))
+    torch.testing.assert_close(got.task_attention.sum(dim=-1).cpu(), torch.ones(10, T))

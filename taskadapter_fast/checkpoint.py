@@ -50,8 +50,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike, extra_metadata: dic
     return path
 
 
-def read_adapter_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """-> (tensors, metadata) of one of our adapter checkpoints; errors name the file."""
+def _open_adapter_checkpoint(path: str | os.PathLike, read_tensors: bool):
     from safetensors import safe_open
 
     path = Path(path)
@@ -60,7 +59,7 @@ def read_adapter_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if read_tensors else {}
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"{path} is not a readable safetensors adapter checkpoint: {exc}") from None
     if metadata.get("format") != FORMAT:
@@ -68,8 +67,18 @@ def read_adapter_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     return tensors, metadata
 
 
+def read_adapter_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata) of one of our adapter checkpoints; errors name the file."""
+    return _open_adapter_checkpoint(path, read_tensors=True)
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of one of our adapter checkpoints (config, run config), without reading its tensors."""
+    return _open_adapter_checkpoint(path, read_tensors=False)[1]
+
+
 def checkpoint_config(path: str | os.PathLike) -> ModelConfig:
-    _, metadata = read_adapter_checkpoint(path)
+    metadata = read_checkpoint_metadata(path)
     return ModelConfig.from_dict(json.loads(metadata["config"]), source=f"checkpoint {path}")
 
 
@@ -217,8 +226,7 @@ def stored_run_config(checkpoint: str | os.PathLike) -> dict | None:
     """The run config tree (model, data and train sections) a training run stored in one of our checkpoints, or None."""
     if is_official_checkpoint(checkpoint):
         return None
-    _, metadata = read_adapter_checkpoint(checkpoint)
-    text = metadata.get("run_config")
+    text = read_checkpoint_metadata(checkpoint).get("run_config")
     if not text:
         return None
     try:

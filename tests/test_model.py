@@ -318,6 +318,40 @@ def test_adapter_checkpoint_round_trip_is_bit_identical(tmp_path, model, episode
     assert restored.config == model.config
 
 
+def test_loading_a_checkpoint_reads_its_tensors_once(tmp_path, model, monkeypatch):
+    # Its config and run config are metadata: reading them must not read every tensor too.
+    import safetensors
+
+    path = taf.save_adapters(model, tmp_path / "adapters.safetensors", {"run_config": "{}"})
+    reads = []
+    original = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.handle = original(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.inner.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    from taskadapter_fast.checkpoint import stored_run_config
+
+    assert stored_run_config(path) == {} and reads == []
+    taf.create_model(checkpoint=path)
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(model.trainable_parameters())
+
+
 def _official_layout_state(model) -> dict[str, torch.Tensor]:
     """An official-implementation state dict, built from its published key list (not from our mapping)."""
     state = {}

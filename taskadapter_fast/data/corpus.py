@@ -302,6 +302,27 @@ def compact_class_name(name: str) -> str:
     return re.sub(r"[\W_]+", "", name.lower())
 
 
+class KeyIndex:
+    """A corpus's keys by `normalize_class_name` and by `compact_class_name`: how a class name finds its entry."""
+
+    def __init__(self, corpus: Mapping[str, object]):
+        self.corpus = corpus
+        self.by_key: dict[str, list[str]] = {}
+        self.by_compact_key: dict[str, list[str]] = {}
+        for key in corpus:
+            self.by_key.setdefault(normalize_class_name(str(key)), []).append(key)
+            self.by_compact_key.setdefault(compact_class_name(str(key)), []).append(key)
+
+    def candidates(self, name: str) -> list[str]:
+        """The keys `name` matches: itself, else those equal after `normalize_class_name`, else after
+        `compact_class_name` (each a fallback used only when the one before finds nothing)."""
+        if name in self.corpus:
+            return [name]
+        return self.by_key.get(normalize_class_name(str(name))) or self.by_compact_key.get(
+            compact_class_name(str(name)), []
+        )
+
+
 def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequence[str]) -> list[list[str]]:
     """The three sub-actions of each class in `class_names`, in that order (list of [3] lists of text).
 
@@ -313,11 +334,8 @@ def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequenc
     """
     if isinstance(class_names, str):
         raise ValueError(f"class_names must be a list of class names, got the single string {class_names!r}")
-    by_key: dict[str, list[str]] = {}
-    by_compact_key: dict[str, list[str]] = {}
-    for key in corpus:
-        by_key.setdefault(normalize_class_name(str(key)), []).append(key)
-        by_compact_key.setdefault(compact_class_name(str(key)), []).append(key)
+    index = KeyIndex(corpus)
+    by_key = index.by_key
 
     resolved: list[list[str]] = []
     missing: list[str] = []
@@ -327,9 +345,7 @@ def resolve_subactions(corpus: Mapping[str, Sequence[str]], class_names: Sequenc
         if name in corpus:
             key = name
         else:
-            candidates = by_key.get(normalize_class_name(str(name))) or by_compact_key.get(
-                compact_class_name(str(name)), []
-            )
+            candidates = index.candidates(name)
             distinct = {tuple(corpus[c]) if isinstance(corpus[c], Sequence) else id(corpus[c]) for c in candidates}
             if not candidates:
                 close = difflib.get_close_matches(normalize_class_name(str(name)), list(by_key), n=3, cutoff=0.6)

@@ -25,10 +25,9 @@ from pathlib import Path
 from .._atomic import atomic_write_bytes
 from .corpus import (
     STAGES_PER_CLASS,
+    KeyIndex,
     _corpus_text,
-    compact_class_name,
     load_corpus,
-    normalize_class_name,
     parse_corpus_text,
     save_corpus,
 )
@@ -486,15 +485,8 @@ def generate_corpus_file(
 def lacking_classes(corpus: Mapping[str, object], names: Iterable[str]) -> list[str]:
     """The names (in order, each once) that `resolve_subactions` finds no entry for in `corpus`: not a key,
     nor a key's `normalize_class_name`, nor its `compact_class_name`."""
-    keys = {normalize_class_name(str(key)) for key in corpus}
-    compact_keys = {compact_class_name(str(key)) for key in corpus}
-    return [
-        name
-        for name in dict.fromkeys(names)
-        if name not in corpus
-        and normalize_class_name(name) not in keys
-        and compact_class_name(name) not in compact_keys
-    ]
+    index = KeyIndex(corpus)
+    return [name for name in dict.fromkeys(names) if not index.candidates(name)]
 
 
 def _appended(existing: bytes, added: Mapping[str, list[str]], json_format: bool) -> bytes:

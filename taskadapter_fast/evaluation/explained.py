@@ -33,11 +33,10 @@ def explain_episodes(
 
     was_training = model.training
     model.eval()
-    explanations = []
+    explanations, dtype = [], next(model.parameters()).dtype
     try:
         for plan in tqdm(plans, desc="explain", unit="episode", disable=not progress, file=sys.stderr):
             episode = loader.assemble(plan, loader.decode(plan))
-            dtype = next(model.parameters()).dtype
             support, query = (x.to(device=model.device, dtype=dtype) for x in (episode.support, episode.query))
             names = [query_name(loader, plan, q) for q in range(query.shape[0])]
             explanations.append(
@@ -53,7 +52,7 @@ def explain_episodes(
                     inductive=inductive,
                     rollout=rollout,
                     static_prompt=static_prompt,
-                )  # fmt: skip
+                )
             )
     finally:
         model.train(was_training)

@@ -128,16 +128,18 @@ class AttentionRecorder:
                 self.task = _head_probs(block, cls).transpose(0, 1)  # [V, T, V]
 
     def _spatial(self, index: int, block: nn.Module, h: torch.Tensor) -> None:
-        num_videos, num_frames = h.shape[:2]
-        flat = h.flatten(0, 1)  # [V*T, N, D]
         last = index == self.last_block
-        probs = _head_probs(block, flat, slice(0, 1) if last and not self.want_rollout else None)
+        if not (last or self.want_rollout):
+            return  # only the last block's map is shown; the rollout chains every adapted block
+        num_videos, num_frames = h.shape[:2]
+        # The last block: the class token's row only (all the map and the rollout read); earlier ones: every row.
+        probs = _head_probs(block, h.flatten(0, 1), slice(0, 1) if last else None)  # [V*T, 1 or N, N]
         if last:
             self.spatial = probs[:, 0].view(num_videos, num_frames, -1)
         if not self.want_rollout:
             return
         # Attention rollout: each block's attention with its residual (0.5 A + 0.5 I), chained block by block.
-        eye = torch.eye(probs.shape[-1], device=probs.device, dtype=probs.dtype)
+        eye = torch.eye(probs.shape[-1], device=probs.device, dtype=probs.dtype)[: probs.shape[1]]
         mixed = 0.5 * probs + 0.5 * eye
         self._product = mixed if self._product is None else mixed @ self._product
         if last:

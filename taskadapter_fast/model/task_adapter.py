@@ -121,9 +121,7 @@ class TaskAdapterPP(nn.Module):
         record: reads the adapted blocks' attention inputs (`TaskAdaptedVisual.encode_suffix`; `taf.explain`).
         """
         tokens = self.visual.encode_prefix(self.clip.visual, videos, impl=self.impl)
-        if record is not None:
-            return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl, record=record)
-        return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl)
+        return self.visual.encode_suffix(self.clip.visual, tokens, impl=self.impl, record=record)
 
     def encode_video_prefix(self, videos: torch.Tensor) -> torch.Tensor:
         """The per-video frozen part: [V, T, 3, S, S] -> tokens [V, T, N, D] (cacheable at evaluation)."""
@@ -166,9 +164,10 @@ class TaskAdapterPP(nn.Module):
 
         sub_actions: the config's mode unless given ("none": the static label prompt, `taf.explain`).
         """
+        sub_actions = self.config.sub_actions if sub_actions is None else sub_actions
         tokens, per_class = self.tokenize_classes(class_names, corpus, sub_actions)
         feats = self.text(self.clip, tokens, per_class, impl=self.impl)  # [C, P, E]
-        if (self.config.sub_actions if sub_actions is None else sub_actions) == "average":
+        if sub_actions == "average":
             feats = feats.mean(dim=1, keepdim=True)
         return feats
 

@@ -206,16 +206,19 @@ class TaskAdaptedVisual(nn.Module):
         for i in range(self.first_adapted, self.depth):
             block, adapters = visual.transformer.resblocks[i], self.adapters[str(i)]
             last = i == self.depth - 1
-            if record is not None:
-                x = adapted_block_forward(
-                    block, adapters, x, impl=impl, class_token_only=last, record=functools.partial(record, i)
-                )
-                continue
+            reads = None if record is None else functools.partial(record, i)
             if self.checkpoint_blocks and torch.is_grad_enabled():
                 x = checkpoint(
-                    adapted_block_forward, block, adapters, x, impl, class_token_only=last, use_reentrant=False
+                    adapted_block_forward,
+                    block,
+                    adapters,
+                    x,
+                    impl,
+                    class_token_only=last,
+                    record=reads,
+                    use_reentrant=False,
                 )
             else:
-                x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=last)
+                x = adapted_block_forward(block, adapters, x, impl=impl, class_token_only=last, record=reads)
         cls = visual.ln_post(x[:, :, 0])  # [V, T, D]
         return cls @ visual.proj if visual.proj is not None else cls

@@ -57,7 +57,7 @@ _FORMAT_LINES = {
     "clipfsar": ("indexed", "indexed_path"),
 }
 _INDEXED_PATH = re.compile(r"(train|val|test)(\d+)//(.+)")
-_INDEXED = re.compile(r"(train|val|test)(\d+)/([^/]+)")
+INDEXED_LINE = re.compile(r"(train|val|test)(\d+)/([^/]+)")  # `train3/51958`: split, class index, id
 _NAMED = re.compile(r"(.+)/([^/]+)")
 
 
@@ -90,7 +90,7 @@ def _classify(text: str) -> str | None:
         return "official"
     if _INDEXED_PATH.fullmatch(text):
         return "indexed_path"
-    if _INDEXED.fullmatch(text):
+    if INDEXED_LINE.fullmatch(text):
         return "indexed"
     if _NAMED.fullmatch(text):
         return "named"
@@ -313,7 +313,7 @@ def _parse_line(line, kind, number, base, file_split, class_names, index, path) 
         class_name, video_id = match.group(1).strip(), match.group(2).strip()
         candidates = _id_candidates(base / class_name, video_id) + _id_candidates(base, video_id)
         return _Parsed(number, kind, file_split, None, class_name, candidates)
-    match = (_INDEXED_PATH if kind == "indexed_path" else _INDEXED).fullmatch(line)
+    match = (_INDEXED_PATH if kind == "indexed_path" else INDEXED_LINE).fullmatch(line)
     split, class_index, rest = match.group(1), int(match.group(2)), match.group(3).strip()
     names = _names_for_split(class_names, split)
     name = None

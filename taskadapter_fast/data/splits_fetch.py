@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import re
 import shlex
 import urllib.parse
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from .._atomic import atomic_write_bytes, atomic_write_text
 from .corpus_fetch import PUBLISHED_FILES as PUBLISHED_CORPORA
 from .http_retry import download_text
+from .splits import INDEXED_LINE
 
 SOURCES = ("official", "trx", "clipfsar")
 DATASETS = ("hmdb51", "ucf101", "kinetics", "ssv2_small", "ssv2_full")  # the preset names
@@ -185,17 +185,8 @@ def _command(words: list[str]) -> str:
 def train_command(fetched: FetchedSplits, video_root: str = VIDEO_ROOT_PLACEHOLDER) -> str:
     """The `train` command that runs the preset of the fetched dataset on the fetched lists: the video root
     and the folder are its only paths (`read_split_dir` finds the lists, class order and corpus there)."""
-    preset = ["--preset", fetched.dataset]
-    return _command(
-        [
-            "python",
-            "-m",
-            "taskadapter_fast.train",
-            *preset,
-            f"data.root={video_root}",
-            f"data.split_dir={fetched.folder}",
-        ]
-    )
+    words = ["python", "-m", "taskadapter_fast.train", "--preset", fetched.dataset]
+    return _command([*words, f"data.root={video_root}", f"data.split_dir={fetched.folder}"])
 
 
 def corpus_command(fetched: FetchedSplits) -> str:
@@ -250,12 +241,12 @@ def names_from_ssv2_annotations(split_file: str | Path, annotations: list[str | 
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        match = re.fullmatch(r"(?:train|val|test)(\d+)/([^/]+)", line)
+        match = INDEXED_LINE.fullmatch(line)
         if match is None:
             raise ValueError(
                 f"{split_file}:{number}: expected an index-only SSv2 line '<split><class index>/<id>', got {line!r}"
             )
-        index, video = int(match.group(1)), Path(match.group(2)).stem
+        index, video = int(match.group(2)), Path(match.group(3)).stem
         if video in template_of:
             found.setdefault(index, set()).add(template_of[video].strip())
         else:

@@ -1,4 +1,4 @@
-"""Explanation reports (issue 13): the HTML page rendered in a real headless browser (every image loads, the stage
+"""Explanation reports: the HTML page rendered in a real headless browser (every image loads, the stage
 tables hold the Explanation's numbers), and without a browser: self-contained, names verbatim, wrong predictions
 first, one PNG per query, the optional parts only when asked for."""
 
